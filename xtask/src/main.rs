@@ -1,6 +1,7 @@
 //! `cargo xtask ...`: the project's automation: CI, the demo, images, the nested node, benchmarks.
 
 mod ci;
+mod util;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -22,7 +23,7 @@ enum Cmd {
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Ci => ci::run(),
+        Cmd::Ci => ci::run_ci(),
         Cmd::Demo => {
             println!("cargo xtask demo: not yet available: `box run` in a real microVM arrives with the end-to-end issue");
             Ok(())

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::MessageFull;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
 
 use super::transport::{BoxConn, Listener};
@@ -83,12 +83,16 @@ impl Events {
                 continue;
             };
             let Some(frame) = self.front() else {
+                let mut byte = [0u8; 1];
                 tokio::select! {
                     _ = self.ready.notified() => {}
                     newer = conns.recv() => match newer {
                         Some(c) => conn = Some(c),
                         None => return,
                     },
+                    // The stream is one-way: the host closing it, or writing anything at all
+                    // (a protocol violation), ends this connection.
+                    _ = current.read(&mut byte) => conn = None,
                 }
                 continue;
             };
