@@ -44,7 +44,11 @@ async fn exec_code(c: &GuestClient, id: &str, exec_id: &str, args: &[&str]) -> u
         .await
         .expect("exec");
     c.start(id, exec_id).await.expect("start exec");
-    c.wait(id, exec_id).await.expect("wait").exit_status
+    tokio::time::timeout(BACKSTOP, c.wait(id, exec_id))
+        .await
+        .unwrap_or_else(|_| panic!("exec {exec_id}: no exit routed within {BACKSTOP:?}"))
+        .expect("wait")
+        .exit_status
 }
 
 async fn read_all(mut s: UnixStream) -> Vec<u8> {
@@ -524,4 +528,105 @@ async fn t11_sigterm_to_pid1_is_an_orderly_shutdown() {
         .await
         .unwrap();
     assert_eq!(code, Some(0));
+}
+
+/// Reads a stream to EOF and the events to this process's TaskExit, concurrently; returns the
+/// stream's bytes, whether it had reached EOF when TaskExit arrived, and the exit.
+async fn output_then_exit(
+    out: &mut UnixStream,
+    events: &mut box_shim::agent_client::EventStream,
+    exec_id: &str,
+) -> (
+    Vec<u8>,
+    bool,
+    containerd_shim_protos::events::task::TaskExit,
+) {
+    let mut got = Vec::new();
+    let mut eof = false;
+    let mut buf = vec![0u8; 1 << 16];
+    let exit = tokio::time::timeout(BACKSTOP, async {
+        loop {
+            tokio::select! {
+                r = out.read(&mut buf), if !eof => {
+                    let n = r.unwrap();
+                    if n == 0 { eof = true } else { got.extend_from_slice(&buf[..n]) }
+                }
+                ev = events.next() => match ev.unwrap() {
+                    Some(Event::Exit(e)) if e.id == exec_id => return e,
+                    Some(_) => {}
+                    None => panic!("events stream closed"),
+                },
+            }
+        }
+    })
+    .await
+    .expect("TaskExit within the backstop");
+    let at_eof = eof || drain_now(out, &mut got);
+    (got, at_eof, exit)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t6b_output_of_a_background_child_still_precedes_task_exit() {
+    require_host_tier!();
+    let init = HostInit::start(false);
+    let c = init.client().await;
+    let mut events = c.events().await.unwrap();
+    sleeping_container(&init, &c, "ctr").await;
+    let io = StdioRequest {
+        stdout: true,
+        ..NO_IO
+    };
+    // The shell exits at once; its background child writes 10 MiB on the inherited stdout.
+    let script = "(seq 1 1500000 | head -c 10485760) & exit 0";
+    c.exec("ctr", "bg", &process(&["sh", "-c", script], false), &io)
+        .await
+        .unwrap();
+    let mut out = c
+        .open_stream("ctr", "bg", StreamKind::Stdout)
+        .await
+        .unwrap();
+    c.start("ctr", "bg").await.unwrap();
+    let (got, at_eof, exit) = output_then_exit(&mut out, &mut events, "bg").await;
+    assert!(
+        at_eof,
+        "stdout not drained to EOF before TaskExit ({} bytes so far)",
+        got.len()
+    );
+    assert_eq!(exit.exit_status, 0);
+    assert_eq!(got.len(), 10 << 20);
+    assert!(got == seq_bytes(1_500_000, 10 << 20), "stdout bytes differ");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t6c_a_grandchild_holding_stdout_open_does_not_block_task_exit() {
+    require_host_tier!();
+    let init = HostInit::start(false);
+    let c = init.client().await;
+    let mut events = c.events().await.unwrap();
+    sleeping_container(&init, &c, "ctr").await;
+    let io = StdioRequest {
+        stdout: true,
+        ..NO_IO
+    };
+    c.exec(
+        "ctr",
+        "held",
+        &process(&["sh", "-c", "sleep 100000 & echo done"], false),
+        &io,
+    )
+    .await
+    .unwrap();
+    let mut out = c
+        .open_stream("ctr", "held", StreamKind::Stdout)
+        .await
+        .unwrap();
+    c.start("ctr", "held").await.unwrap();
+    let (got, at_eof, exit) = output_then_exit(&mut out, &mut events, "held").await;
+    assert_eq!(exit.exit_status, 0);
+    assert!(at_eof, "the stream is closed once the drain grace passed");
+    assert_eq!(got, b"done\n");
+    let w = tokio::time::timeout(BACKSTOP, c.wait("ctr", "held"))
+        .await
+        .expect("Wait is not blocked either");
+    assert_eq!(w.unwrap().exit_status, 0);
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use oci_spec::runtime::{Mount, Process};
 
-use super::spawn::{ChildMount, ChildStdio, Launch, RootSetup, MAX_ARGS};
+use super::spawn::{ChildMount, ChildStdio, DeviceBind, Launch, RootSetup, MAX_ARGS};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -77,6 +77,31 @@ pub fn build(process: &Process, root: RootSetup, stdio: ChildStdio) -> Result<La
     })
 }
 
+/// The OCI runtime spec's default devices, bound from init's own `/dev`.
+const DEFAULT_DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// A new root at `rootfs` with the spec's mounts and the default devices.
+pub fn new_root(rootfs: &Path, mounts: &[Mount]) -> Result<RootSetup, LaunchError> {
+    let path = |p: &Path| cstr(&p.to_string_lossy(), "a rootfs path");
+    let dev = rootfs.join("dev");
+    let devices = DEFAULT_DEVICES
+        .iter()
+        .filter(|name| Path::new("/dev").join(name).exists())
+        .map(|name| {
+            Ok(DeviceBind {
+                source: path(&Path::new("/dev").join(name))?,
+                target: path(&dev.join(name))?,
+            })
+        })
+        .collect::<Result<_, LaunchError>>()?;
+    Ok(RootSetup::NewRoot {
+        rootfs: path(rootfs)?,
+        mounts: container_mounts(rootfs, mounts)?,
+        dev_dir: path(&dev)?,
+        devices,
+    })
+}
+
 /// OCI mount options split into mount flags and the data string, as runc does.
 fn mount_flags(options: &[String]) -> (libc::c_ulong, String) {
     let mut flags: libc::c_ulong = 0;
@@ -106,7 +131,7 @@ fn mount_flags(options: &[String]) -> (libc::c_ulong, String) {
 /// The container's mounts (proc, tmpfs, bind, ...) under `rootfs`, with mount points created
 /// now, before the fork. cgroup and mqueue mounts are skipped: the guest kernel runs one
 /// sandbox and Box does not manage cgroups yet.
-pub fn container_mounts(rootfs: &Path, mounts: &[Mount]) -> Result<Vec<ChildMount>, LaunchError> {
+fn container_mounts(rootfs: &Path, mounts: &[Mount]) -> Result<Vec<ChildMount>, LaunchError> {
     let mut out = Vec::new();
     for m in mounts {
         let typ = m.typ().clone().unwrap_or_default();

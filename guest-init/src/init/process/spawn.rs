@@ -24,6 +24,9 @@ pub enum RootSetup {
     NewRoot {
         rootfs: CString,
         mounts: Vec<ChildMount>,
+        /// `<rootfs>/dev`, created if missing, and the default devices bound into it.
+        dev_dir: CString,
+        devices: Vec<DeviceBind>,
     },
     /// Join an existing container's mount namespace (exec'd processes).
     JoinMountNs { ns: OwnedFd },
@@ -37,6 +40,13 @@ pub struct ChildMount {
     pub fstype: Option<CString>,
     pub flags: libc::c_ulong,
     pub data: Option<CString>,
+}
+
+/// A device node of init's `/dev` bind-mounted over a file created at `target` (the OCI
+/// runtime spec's default devices: programs expect /dev/null and friends).
+pub struct DeviceBind {
+    pub source: CString,
+    pub target: CString,
 }
 
 /// The child's stdin, stdout and stderr, and whether fd 0 is its controlling terminal.
@@ -70,6 +80,7 @@ pub enum Stage {
     MakePrivate,
     BindRoot,
     Mount,
+    Device,
     SwitchRoot,
     SetNs,
     Stdio,
@@ -246,7 +257,12 @@ fn child_main(l: &Launch, status_w: RawFd, go_r: RawFd) -> ! {
         }
         match &l.root {
             RootSetup::Inherit => {}
-            RootSetup::NewRoot { rootfs, mounts } => {
+            RootSetup::NewRoot {
+                rootfs,
+                mounts,
+                dev_dir,
+                devices,
+            } => {
                 if libc::unshare(libc::CLONE_NEWNS) < 0 {
                     fail(status_w, Stage::Unshare);
                 }
@@ -282,6 +298,31 @@ fn child_main(l: &Launch, status_w: RawFd, go_r: RawFd) -> ! {
                     ) < 0
                     {
                         fail(status_w, Stage::Mount);
+                    }
+                }
+                // After the spec's mounts, which may have put a tmpfs on /dev.
+                if libc::mkdir(ptr(dev_dir), 0o755) < 0 && nix::Error::last_raw() != libc::EEXIST {
+                    fail(status_w, Stage::Device);
+                }
+                for d in devices {
+                    let fd = libc::open(
+                        ptr(&d.target),
+                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                        0o666,
+                    );
+                    if fd < 0 {
+                        fail(status_w, Stage::Device);
+                    }
+                    libc::close(fd);
+                    if libc::mount(
+                        ptr(&d.source),
+                        ptr(&d.target),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ) < 0
+                    {
+                        fail(status_w, Stage::Device);
                     }
                 }
                 if libc::chdir(ptr(rootfs)) < 0 {

@@ -157,23 +157,14 @@ impl Tasks {
                 rootfs.display()
             )));
         }
-        let mounts = launch::container_mounts(&rootfs, spec.mounts().as_deref().unwrap_or(&[]))
+        let root = launch::new_root(&rootfs, spec.mounts().as_deref().unwrap_or(&[]))
             .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
-        let rootfs_c = std::ffi::CString::new(rootfs.to_string_lossy().as_bytes())
-            .map_err(|_| TaskError::InvalidArgument("rootfs path has a NUL byte".into()))?;
         let terminal = req.terminal || oci_process.terminal().unwrap_or(false);
         let req = ProcessRequest { terminal, ..req };
         let (io, stdio) = Io::new(req.wanted(), self.drain_grace)
             .map_err(|e| internal("stdio")(e.to_string()))?;
-        let launch = launch::build(
-            &oci_process,
-            RootSetup::NewRoot {
-                rootfs: rootfs_c,
-                mounts,
-            },
-            stdio,
-        )
-        .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+        let launch = launch::build(&oci_process, root, stdio)
+            .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
         let main = Process::new(
             &id,
             "",
