@@ -1,0 +1,1 @@
+//! virtio-mmio device placement (filled in with the virtio transport).
