@@ -14,7 +14,9 @@ use crate::arch::x86_64::layout::*;
 use crate::arch::x86_64::{acpi, boot};
 use crate::config::{Console, VmConfig};
 use crate::devices::legacy::{AcpiPm, BootTimer, I8042};
+use crate::devices::mmio::MmioDeviceManager;
 use crate::devices::serial::{ConsoleOut, ConsoleWriter, SerialDevice};
+use crate::devices::virtio::block::Block;
 use crate::devices::Bus;
 use crate::error::{ConfigError, Error, Result, VmExit};
 use crate::event_loop::{EventHandler, EventLoop};
@@ -172,7 +174,15 @@ impl Machine {
             .insert_str(&cfg.cmdline)
             .map_err(|e| ConfigError::Cmdline(format!("{e}: {:?}", cfg.cmdline)))?;
 
-        let devices: Vec<acpi::MmioDeviceInfo> = Vec::new();
+        let io_bus = c.io_bus;
+        let mut mmio_bus = c.mmio_bus;
+        let mut mgr = MmioDeviceManager::default();
+        for (i, d) in cfg.disks.iter().enumerate() {
+            let blk = Block::open(&d.path, d.read_only, &format!("box-disk-{i}"))
+                .map_err(|_| ConfigError::MissingDisk(d.path.clone()))?;
+            mgr.add(&c.vm, &c.mem, &mut mmio_bus, Box::new(blk))?;
+        }
+        mgr.append_cmdline(&mut cmdline)?;
         let initrd = match &cfg.initrd {
             Some(p) => Some(boot::load_initrd(
                 &c.mem,
@@ -183,7 +193,7 @@ impl Machine {
             )?),
             None => None,
         };
-        let rsdp = acpi::write_acpi_tables(&c.mem, cfg.cpus, &devices)?;
+        let rsdp = acpi::write_acpi_tables(&c.mem, cfg.cpus, &mgr.infos)?;
         boot::write_boot_params(&c.mem, mem_bytes, &kernel, &cmdline, initrd, Some(rsdp))?;
 
         let mut vcpus = Vec::new();
@@ -195,10 +205,10 @@ impl Machine {
         Ok(Machine {
             vm: c.vm,
             mem: c.mem,
-            io_bus: c.io_bus,
-            mmio_bus: c.mmio_bus,
+            io_bus,
+            mmio_bus,
             vcpus,
-            handlers: Vec::new(),
+            handlers: mgr.handlers,
             seccomp: cfg.seccomp,
         })
     }
@@ -214,15 +224,22 @@ impl Machine {
         c.mem
             .write_slice(&p.code, GuestAddress(Payload::LOAD_ADDR))
             .map_err(Error::Memory)?;
+        let mut mmio_bus = c.mmio_bus;
+        let mut mgr = MmioDeviceManager::default();
+        for d in &p.disks {
+            let blk = Block::open(&d.path, d.read_only, "payload-disk")
+                .map_err(|_| ConfigError::MissingDisk(d.path.clone()))?;
+            mgr.add(&c.vm, &c.mem, &mut mmio_bus, Box::new(blk))?;
+        }
         let v = Vcpu::new(&c.vm, 0)?;
         v.configure(&c.vm, &c.mem, Payload::LOAD_ADDR, 1)?;
         Ok(Machine {
             vm: c.vm,
             mem: c.mem,
             io_bus: c.io_bus,
-            mmio_bus: c.mmio_bus,
+            mmio_bus,
             vcpus: vec![v],
-            handlers: Vec::new(),
+            handlers: mgr.handlers,
             seccomp: false,
         })
     }

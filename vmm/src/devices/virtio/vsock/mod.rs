@@ -1,0 +1,1 @@
+//! virtio-vsock (hybrid unix-socket backend).
