@@ -17,6 +17,7 @@ use crate::devices::legacy::{AcpiPm, BootTimer, I8042};
 use crate::devices::mmio::MmioDeviceManager;
 use crate::devices::serial::{ConsoleOut, ConsoleWriter, SerialDevice};
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::vsock::device::Vsock;
 use crate::devices::Bus;
 use crate::error::{ConfigError, Error, Result, VmExit};
 use crate::event_loop::{EventHandler, EventLoop};
@@ -181,6 +182,13 @@ impl Machine {
             let blk = Block::open(&d.path, d.read_only, &format!("box-disk-{i}"))
                 .map_err(|_| ConfigError::MissingDisk(d.path.clone()))?;
             mgr.add(&c.vm, &c.mem, &mut mmio_bus, Box::new(blk))?;
+        }
+        if let Some(v) = &cfg.vsock {
+            let dev = Vsock::new(v.guest_cid, &v.uds_path).map_err(Error::io(format!(
+                "vsock: cannot listen on {}",
+                v.uds_path.display()
+            )))?;
+            mgr.add(&c.vm, &c.mem, &mut mmio_bus, Box::new(dev))?;
         }
         mgr.append_cmdline(&mut cmdline)?;
         let initrd = match &cfg.initrd {
