@@ -49,6 +49,9 @@ pub struct Payload {
     /// Raw disks to attach as virtio-blk devices (their MMIO windows start at
     /// [`VIRTIO_MMIO_BASE`]).
     pub disks: Vec<crate::config::DiskConfig>,
+    /// Run the VMM threads under the seccomp filter, as the binary does. The
+    /// filter then also binds the calling thread: run it on a thread of its own.
+    pub seccomp: bool,
 }
 
 impl Payload {
@@ -62,6 +65,7 @@ impl Payload {
             irqchip: false,
             mem_mib: 32,
             disks: Vec::new(),
+            seccomp: false,
         }
     }
 }
@@ -156,7 +160,9 @@ impl Machine {
     /// Builds a VM that boots the configured kernel. `start` is the process
     /// start, used by the boot timer.
     pub fn from_config(cfg: &VmConfig, start: Instant) -> Result<Self> {
-        if caps::is_pvm_host() {
+        // BOX_VMM_FORCE_PVM=1 tries anyway: a diagnostic for watching how far a
+        // kernel gets on PVM, never for real use.
+        if caps::is_pvm_host() && std::env::var_os("BOX_VMM_FORCE_PVM").is_none() {
             return Err(Error::PvmHost);
         }
         let boot_timer = cfg.boot_timer.then_some(start);
@@ -248,7 +254,7 @@ impl Machine {
             mmio_bus,
             vcpus: vec![v],
             handlers: mgr.handlers,
-            seccomp: false,
+            seccomp: p.seccomp,
         })
     }
 
@@ -296,7 +302,12 @@ impl Machine {
                             return;
                         }
                     }
-                    let r = vcpu.run(&io, &mmio, &stop);
+                    // A panic in device emulation must still stop the VM with a reason
+                    // instead of leaving the event loop waiting (release builds abort).
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        vcpu.run(&io, &mmio, &stop)
+                    }))
+                    .unwrap_or_else(|_| Some(VmExit::InternalError("vCPU thread panicked".into())));
                     let _ = tx.send(r);
                     let _ = evt.write(1);
                 })

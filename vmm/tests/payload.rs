@@ -309,3 +309,33 @@ fn payload_blk_read_via_ioeventfd_and_event_loop() {
 fn payload_blk_read_via_mmio_exit() {
     blk_read_through_queue(false);
 }
+
+#[test]
+fn payload_runs_under_the_seccomp_filter() {
+    if !kvm_usable() {
+        return;
+    }
+    let img = std::env::temp_dir().join(format!("box-vmm-payload-sc-{}", std::process::id()));
+    std::fs::write(&img, vec![0u8; 4 * 512]).unwrap();
+    let mut p = Payload::new(
+        Asm::default()
+            .load_eax(VIRTIO0)
+            .print_eax()
+            .print(b"\n")
+            .poweroff()
+            .0,
+    );
+    p.irqchip = true;
+    p.seccomp = true;
+    p.disks.push(box_vmm::config::DiskConfig {
+        path: img.clone(),
+        read_only: false,
+    });
+    // The filter binds the thread that runs the machine: keep it off the test thread.
+    let out = std::thread::spawn(move || run_payload(&p).expect("payload runs under seccomp"))
+        .join()
+        .unwrap();
+    std::fs::remove_file(&img).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.console), "virt\n");
+    assert_eq!(out.exit, VmExit::Poweroff);
+}

@@ -53,6 +53,8 @@ pub struct Muxer {
     next_host_port: u32,
 }
 
+/// The socket file is left behind when the VM stops (the seccomp filter has no
+/// `unlink`); the next VM on the same path replaces it.
 fn bind(path: &Path) -> std::io::Result<UnixListener> {
     match UnixListener::bind(path) {
         Err(e) if e.kind() == ErrorKind::AddrInUse => {
@@ -403,11 +405,5 @@ impl Muxer {
             }
         }
         None
-    }
-}
-
-impl Drop for Muxer {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.uds_path);
     }
 }
