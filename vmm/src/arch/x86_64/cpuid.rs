@@ -22,10 +22,37 @@ pub fn patch_cpuid(cpuid: &mut CpuId, id: u8, cpus: u8) {
                     e.edx &= !EDX_HTT;
                 }
             }
-            // Extended topology: EDX holds the x2APIC id.
-            0xb | 0x1f => e.edx = u32::from(id),
-            // AMD extended APIC id.
-            0x8000_001e => e.eax = u32::from(id),
+            // Extended topology: describe our own shape (one thread per core,
+            // `cpus` cores in one package) instead of the host's, which would
+            // contradict the MADT.
+            0xb | 0x1f => {
+                let core_shift = u32::BITS - (u32::from(cpus.max(1)) - 1).leading_zeros();
+                match e.index {
+                    0 => {
+                        e.eax = 0;
+                        e.ebx = 1;
+                        e.ecx = (1 << 8) | e.index;
+                    }
+                    1 => {
+                        e.eax = core_shift;
+                        e.ebx = u32::from(cpus);
+                        e.ecx = (2 << 8) | e.index;
+                    }
+                    _ => {
+                        e.eax = 0;
+                        e.ebx = 0;
+                        e.ecx = e.index;
+                    }
+                }
+                e.edx = u32::from(id);
+            }
+            // AMD: cores per package minus one in ECX[7:0] (keep the APIC id size field).
+            0x8000_0008 => e.ecx = (e.ecx & !0xff) | u32::from(cpus.saturating_sub(1)),
+            // AMD extended APIC id; one thread per core, core id = vCPU id.
+            0x8000_001e => {
+                e.eax = u32::from(id);
+                e.ebx = (e.ebx & !0xffff) | u32::from(id);
+            }
             _ => {}
         }
     }
@@ -90,6 +117,17 @@ mod tests {
                 function: 0xb,
                 ..Default::default()
             },
+            kvm_cpuid_entry2 {
+                function: 0xb,
+                index: 1,
+                ebx: 64,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 0x8000_0008,
+                ecx: 0x70ff,
+                ..Default::default()
+            },
         ])
         .unwrap();
         patch_cpuid(&mut c, 3, 4);
@@ -100,6 +138,14 @@ mod tests {
         assert_ne!(e[0].ecx & ECX_HYPERVISOR, 0);
         assert_ne!(e[0].edx & EDX_HTT, 0);
         assert_eq!(e[1].edx, 3);
+        assert_eq!(e[1].ebx, 1);
+        assert_eq!(e[1].ecx, 1 << 8);
+        // Core level: 4 cores need a 2-bit shift.
+        assert_eq!(
+            (e[2].eax, e[2].ebx, e[2].ecx, e[2].edx),
+            (2, 4, (2 << 8) | 1, 3)
+        );
+        assert_eq!(e[3].ecx, 0x7003);
     }
 
     #[test]
