@@ -253,6 +253,39 @@ mod tests {
         assert_eq!(madt.len(), 44 + 16 + 12);
     }
 
+    /// Writes the tables to $BOX_VMM_DUMP_ACPI (when set) for `iasl -d`.
+    #[test]
+    fn dump_tables_when_asked() {
+        let Some(dir) = std::env::var_os("BOX_VMM_DUMP_ACPI") else {
+            return;
+        };
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap();
+        let devs: Vec<MmioDeviceInfo> = (0..3)
+            .map(|i| MmioDeviceInfo {
+                addr: virtio_mmio_addr(i),
+                len: VIRTIO_MMIO_SIZE,
+                irq: virtio_irq(i),
+            })
+            .collect();
+        let rsdp_at = write_acpi_tables(&mem, 2, &devs).unwrap();
+        let rsdp = read(&mem, rsdp_at, 36);
+        let xsdt_at = u64::from_le_bytes(rsdp[24..32].try_into().unwrap());
+        let xsdt = table(&mem, xsdt_at);
+        let fadt_at = u64::from_le_bytes(xsdt[36..44].try_into().unwrap());
+        let madt_at = u64::from_le_bytes(xsdt[44..52].try_into().unwrap());
+        let fadt = table(&mem, fadt_at);
+        let dsdt_at = u64::from_le_bytes(fadt[140..148].try_into().unwrap());
+        let dir = std::path::PathBuf::from(dir);
+        for (name, at) in [
+            ("dsdt", dsdt_at),
+            ("facp", fadt_at),
+            ("apic", madt_at),
+            ("xsdt", xsdt_at),
+        ] {
+            std::fs::write(dir.join(format!("{name}.dat")), table(&mem, at)).unwrap();
+        }
+    }
+
     #[test]
     fn dsdt_crs_carries_window_and_irq() {
         let aml = dsdt_aml(&[MmioDeviceInfo {

@@ -416,6 +416,34 @@ mod tests {
     }
 
     #[test]
+    fn connections_work_under_the_seccomp_filter() {
+        let mut h = Harness::new("seccomp");
+        let l = UnixListener::bind(format!("{}_5001", h.uds.display())).unwrap();
+        let prog = crate::seccomp::vmm_filter().unwrap();
+        // The filter binds this thread only; files are removed after it ends
+        // (no unlink under the filter).
+        let h = std::thread::spawn(move || {
+            seccompiler::apply_filter(&prog).unwrap();
+            let (mut s, hp) = host_connect(&mut h, 80, 64 * 1024);
+            h.send(h.guest_hdr(80, hp, op::RW), b"GET");
+            assert_eq!(read_exact_timeout(&mut s, 3), b"GET");
+            s.write_all(b"200").unwrap();
+            h.poll();
+            assert_eq!(h.recv()[0].1, b"200");
+            // Guest-initiated: the VMM dials <uds>_5001.
+            h.send(h.guest_hdr(1000, 5001, op::REQUEST), &[]);
+            assert_eq!(h.recv()[0].0.op, op::RESPONSE);
+            let (mut s2, _) = l.accept().unwrap();
+            h.send(h.guest_hdr(1000, 5001, op::RW), b"up");
+            assert_eq!(read_exact_timeout(&mut s2, 2), b"up");
+            h
+        })
+        .join()
+        .unwrap();
+        let _ = std::fs::remove_file(format!("{}_5001", h.uds.display()));
+    }
+
+    #[test]
     fn guest_initiated_connection_reaches_host_listener() {
         let mut h = Harness::new("guest");
         let l = UnixListener::bind(format!("{}_5000", h.uds.display())).unwrap();
