@@ -46,6 +46,9 @@ pub struct Payload {
     pub irqchip: bool,
     /// Guest memory in MiB.
     pub mem_mib: u64,
+    /// vCPUs; all start at the payload entry (with the irqchip, only vCPU 0
+    /// runs: the others wait for an INIT/SIPI that never comes).
+    pub cpus: u8,
     /// Raw disks to attach as virtio-blk devices (their MMIO windows start at
     /// [`VIRTIO_MMIO_BASE`]).
     pub disks: Vec<crate::config::DiskConfig>,
@@ -64,6 +67,7 @@ impl Payload {
             code,
             irqchip: false,
             mem_mib: 32,
+            cpus: 1,
             disks: Vec::new(),
             seccomp: false,
         }
@@ -227,7 +231,7 @@ impl Machine {
         })
     }
 
-    /// Builds a one-vCPU VM that runs `p.code` in long mode, console into `console`.
+    /// Builds a VM that runs `p.code` in long mode, console into `console`.
     pub fn from_payload(p: &Payload, console: Arc<Mutex<Vec<u8>>>) -> Result<Self> {
         let c = build_common(
             p.mem_mib << 20,
@@ -245,14 +249,18 @@ impl Machine {
                 .map_err(|_| ConfigError::MissingDisk(d.path.clone()))?;
             mgr.add(&c.vm, &c.mem, &mut mmio_bus, Box::new(blk))?;
         }
-        let v = Vcpu::new(&c.vm, 0)?;
-        v.configure(&c.vm, &c.mem, Payload::LOAD_ADDR, 1)?;
+        let mut vcpus = Vec::new();
+        for id in 0..p.cpus.max(1) {
+            let v = Vcpu::new(&c.vm, id)?;
+            v.configure(&c.vm, &c.mem, Payload::LOAD_ADDR, p.cpus.max(1))?;
+            vcpus.push(v);
+        }
         Ok(Machine {
             vm: c.vm,
             mem: c.mem,
             io_bus: c.io_bus,
             mmio_bus,
-            vcpus: vec![v],
+            vcpus,
             handlers: mgr.handlers,
             seccomp: p.seccomp,
         })

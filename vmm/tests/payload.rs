@@ -339,3 +339,24 @@ fn payload_runs_under_the_seccomp_filter() {
     assert_eq!(String::from_utf8_lossy(&out.console), "virt\n");
     assert_eq!(out.exit, VmExit::Poweroff);
 }
+
+#[test]
+fn payload_stop_kicks_waiting_vcpus() {
+    if !kvm_usable() {
+        return;
+    }
+    // vCPU 1 sits in KVM_RUN waiting for a SIPI; vCPU 0 powers off. The run
+    // must return promptly, which needs the other thread kicked out of KVM_RUN.
+    let mut p = Payload::new(Asm::default().print(b"smp\n").poweroff().0);
+    p.irqchip = true;
+    p.cpus = 2;
+    let t = std::time::Instant::now();
+    let out = run_payload(&p).expect("two-vCPU payload runs");
+    assert_eq!(out.console, b"smp\n");
+    assert_eq!(out.exit, VmExit::Poweroff);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(4),
+        "{:?}",
+        t.elapsed()
+    );
+}
