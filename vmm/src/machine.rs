@@ -334,7 +334,11 @@ impl Machine {
         let loop_result = ev_loop.run_until(&stopped_evt);
 
         // The first vCPU to report decides the exit; the others are told to stop.
-        let exit = rx.recv().ok().flatten();
+        // If the event loop itself failed, no vCPU may ever report: don't wait.
+        let exit = match &loop_result {
+            Ok(()) => rx.recv().ok().flatten(),
+            Err(_) => None,
+        };
         stop.store(true, Ordering::Release);
         let mut stuck = false;
         for t in threads {
