@@ -1,0 +1,52 @@
+//! `box-vmm` binary: parse flags, build the VM, run it, map the outcome to the
+//! exit contract (see `box-vmm --help`).
+
+use std::process::ExitCode as ProcessExit;
+use std::time::Instant;
+
+use box_vmm::config::{Cli, VmConfig};
+use box_vmm::error::{Error, ExitCode};
+use clap::Parser;
+
+fn main() -> ProcessExit {
+    let start = Instant::now();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BOX_VMM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+
+    let cli = Cli::parse();
+    let code = match run(&cli, start) {
+        Ok(exit) => {
+            let code = ExitCode::from(&exit);
+            if code != ExitCode::Poweroff {
+                eprintln!("box-vmm: guest stopped: {exit:?}");
+            }
+            code
+        }
+        Err(e) => {
+            eprintln!("box-vmm: {}", error_chain(&e));
+            e.exit_code()
+        }
+    };
+    ProcessExit::from(code.code() as u8)
+}
+
+fn run(cli: &Cli, start: Instant) -> Result<box_vmm::error::VmExit, Error> {
+    let cfg = VmConfig::from_cli(cli)?;
+    box_vmm::machine::run_config(&cfg, start)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
