@@ -31,10 +31,6 @@ const NODE_TOOLS: &[Tool] = &[
         package: "lz4",
     },
     Tool {
-        probe: "gzip",
-        package: "gzip",
-    },
-    Tool {
         probe: "dpkg-deb",
         package: "dpkg",
     },

@@ -46,7 +46,7 @@ pub fn cmd() -> Result<()> {
 pub fn fetch() -> Result<Kernel> {
     host::ensure_node_tools()?;
     let cache = crate::paths::images_dir().join("kernel");
-    let (package, version) = match resolve() {
+    let (package, version) = match resolve_cached(&cache) {
         Ok(pv) => pv,
         // Offline, or apt's lists are gone: any complete cached kernel still does the job.
         Err(e) => match newest_cached(&cache) {
@@ -78,6 +78,35 @@ pub fn fetch() -> Result<Kernel> {
     fs::rename(&tmp, &dir)
         .with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
     load(&dir)
+}
+
+/// The apt lists directory: apt-get update replaces files in it, which bumps its mtime.
+const APT_LISTS: &str = "/var/lib/apt/lists";
+
+/// [`resolve`], remembered until apt's lists change: each `apt-cache` call takes ~0.6 s here
+/// (the image keeps no pkgcache.bin), which every `cargo xtask node` would otherwise pay.
+fn resolve_cached(cache: &Path) -> Result<(String, String)> {
+    let memo = cache.join("resolved");
+    if let (Some(lists), Ok(text)) = (lists_stamp(), fs::read_to_string(&memo)) {
+        if let [stamp, package, version] = text.split_whitespace().collect::<Vec<_>>()[..] {
+            if stamp == lists {
+                return Ok((package.into(), version.into()));
+            }
+        }
+    }
+    let (package, version) = resolve()?;
+    // Re-read: resolve() may have run apt-get update.
+    if let Some(lists) = lists_stamp() {
+        fs::create_dir_all(cache)?;
+        fs::write(&memo, format!("{lists} {package} {version}\n"))?;
+    }
+    Ok((package, version))
+}
+
+fn lists_stamp() -> Option<String> {
+    let t = fs::metadata(APT_LISTS).and_then(|m| m.modified()).ok()?;
+    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    Some(d.as_nanos().to_string())
 }
 
 /// Finds the concrete kernel package behind the metapackage, and its candidate version.

@@ -1,4 +1,4 @@
-//! The L1 node's initramfs, in two gzip'd cpio segments that the kernel unpacks in turn:
+//! The L1 node's initramfs, in two cpio segments that the kernel unpacks in turn:
 //! - a base segment (busybox, kvm modules, qemu, the guest kernel), which changes only when the
 //!   kernel package or a host tool changes, so it is cached by fingerprint;
 //! - a per-run segment (/init, the command, `--bin` and `--file` extras), small and rebuilt each
@@ -67,13 +67,13 @@ pub fn guest_kernel(k: &Kernel) -> GuestKernel {
 /// Returns the cached base segment, building it if its inputs changed.
 pub fn base(k: &Kernel, dir: &Path) -> Result<PathBuf> {
     let tree = base_tree(k)?;
-    let out = dir.join(format!("l1-base-{}.cpio.gz", tree.fingerprint()));
+    let out = dir.join(format!("l1-base-{}.cpio", tree.fingerprint()));
     if out.exists() {
         return Ok(out);
     }
     fs::create_dir_all(dir)?;
     eprintln!("xtask: building the L1 base image {}", out.display());
-    tree.write_gz(&out).context("building the L1 base image")?;
+    tree.write(&out).context("building the L1 base image")?;
     // Older bases are dead weight (tens of MB each).
     for e in fs::read_dir(dir)?.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -141,5 +141,5 @@ pub fn run_segment(spec: &RunSpec, out: &Path) -> Result<()> {
         t.path(dest, src)
             .with_context(|| format!("--file {}:{dest}", src.display()))?;
     }
-    t.write_gz(out)
+    t.write(out)
 }

@@ -97,7 +97,7 @@ pub struct NodeOutcome {
     pub exit_code: i32,
     /// What the command printed (and anything the L1 kernel printed meanwhile), markers removed.
     pub console: String,
-    /// Everything L1 printed before the command started: kernel and init messages.
+    /// What L1 printed before the command started and after it ended: kernel and init messages.
     pub boot_console: String,
     /// qemu start → the command starting in L1.
     pub boot_time: Duration,
@@ -138,7 +138,7 @@ pub fn run_in_node(spec: &NodeSpec) -> Result<NodeOutcome> {
     let nonce = nonce();
     let init = l1init::script(&nonce, &l1image::guest_kernel(&kernel));
     let pid = std::process::id();
-    let segment = TempFile(dir.join(format!("run-{pid}.cpio.gz")));
+    let segment = TempFile(dir.join(format!("run-{pid}.cpio")));
     let initrd = TempFile(dir.join(format!("initrd-{pid}.img")));
     l1image::run_segment(
         &RunSpec {
@@ -239,7 +239,9 @@ fn watch(mut child: Child, started: Instant, prefix: &str, spec: &NodeSpec) -> R
                 };
                 // A marker right after unterminated output: the output is still a line of its own.
                 if marker.is_none() || !text.is_empty() {
-                    if boot_time.is_some() {
+                    // Only what L1 prints between the markers is the command's output; before
+                    // and after is boot and shutdown chatter.
+                    if boot_time.is_some() && exit_code.is_none() {
                         console.push_str(text);
                         console.push('\n');
                         if spec.stream {
