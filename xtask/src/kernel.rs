@@ -65,7 +65,10 @@ pub fn fetch() -> Result<Kernel> {
         return load(&dir);
     }
     eprintln!("xtask: fetching {package} {version} into {}", dir.display());
-    let tmp = cache.join(format!(".{package}_{version}.partial"));
+    let tmp = cache.join(format!(
+        ".{package}_{version}.partial-{}",
+        std::process::id()
+    ));
     if tmp.exists() {
         fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
     }

@@ -135,6 +135,7 @@ pub fn run_in_node(spec: &NodeSpec) -> Result<NodeOutcome> {
     let dir = paths::images_dir().join("node");
     let base = l1image::base(&kernel, &dir)?;
 
+    remove_stale(&dir);
     let nonce = nonce();
     let init = l1init::script(&nonce, &l1image::guest_kernel(&kernel));
     let pid = std::process::id();
@@ -278,11 +279,13 @@ fn watch(mut child: Child, started: Instant, prefix: &str, spec: &NodeSpec) -> R
     match (exit_code, boot_time) {
         (Some(exit_code), Some(boot_time)) => Ok(NodeOutcome { exit_code, console, boot_console, boot_time, run_time }),
         (_, None) => bail!(
-            "the L1 node exited ({status}) before running the command. Console tail:\n{}",
+            "the L1 node exited ({status}) before running the command{}. Console tail:\n{}",
+            panic_hint(&tail),
             join(&tail)
         ),
         (None, Some(_)) => bail!(
-            "the L1 node exited ({status}) while the command ran, without reporting its exit code. Console tail:\n{}",
+            "the L1 node exited ({status}) while the command ran, without reporting its exit code{}. Console tail:\n{}",
+            panic_hint(&tail),
             join(&tail)
         ),
     }
@@ -323,6 +326,14 @@ fn push_tail(tail: &mut VecDeque<String>, line: &str) {
     tail.push_back(line.to_string());
 }
 
+fn panic_hint(tail: &VecDeque<String>) -> &'static str {
+    if tail.iter().any(|l| l.contains("Kernel panic")) {
+        " (the L1 kernel panicked)"
+    } else {
+        ""
+    }
+}
+
 fn join(tail: &VecDeque<String>) -> String {
     tail.iter().map(|l| format!("  | {l}\n")).collect()
 }
@@ -343,6 +354,26 @@ fn nonce() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     format!("{:x}{:x}", t & 0xffff_ffff_ffff, std::process::id())
+}
+
+/// Removes per-run files and partial builds left by runs that were killed before their cleanup
+/// ran (a 100+ MB initrd each). Their names end in the owner's pid.
+fn remove_stale(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let owner = ["run-", "initrd-", "partial-"].iter().find_map(|p| {
+            let at = name.find(p)? + p.len();
+            name[at..].split('.').next()?.parse::<u32>().ok()
+        });
+        if let Some(pid) = owner {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 /// A per-run file, removed when the run ends however it ends.

@@ -122,7 +122,8 @@ impl Tree {
     /// 3.9-4.5 s as `gzip -1` (43 MB), and the host saves the gzip time too. The cost is disk
     /// space under target/.
     pub fn write(&self, out: &Path) -> Result<()> {
-        let tmp = out.with_extension("partial");
+        // Per process: two runs building the same base at once must not share a temp file.
+        let tmp = out.with_extension(format!("partial-{}", std::process::id()));
         let file = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         self.write_cpio(BufWriter::with_capacity(1 << 20, file))
             .with_context(|| format!("writing {}", tmp.display()))?;
