@@ -246,13 +246,15 @@ fn watch(mut child: Child, started: Instant, prefix: &str, spec: &NodeSpec) -> R
                         console.push_str(text);
                         console.push('\n');
                         if spec.stream {
-                            println!("{text}");
+                            // A closed stdout (`| head`) must not abort the run: L1 still has
+                            // to be waited for and its exit code returned.
+                            let _ = writeln!(std::io::stdout(), "{text}");
                         }
                     } else {
                         boot_console.push_str(text);
                         boot_console.push('\n');
                         if spec.stream {
-                            eprintln!("{text}");
+                            let _ = writeln!(std::io::stderr(), "{text}");
                         }
                     }
                 }
@@ -268,7 +270,7 @@ fn watch(mut child: Child, started: Instant, prefix: &str, spec: &NodeSpec) -> R
             Event::Err(line) => {
                 push_tail(&mut tail, &format!("qemu: {line}"));
                 if spec.stream {
-                    eprintln!("qemu: {line}");
+                    let _ = writeln!(std::io::stderr(), "qemu: {line}");
                 }
             }
             Event::OutEnd | Event::ErrEnd => open -= 1,
@@ -382,5 +384,36 @@ struct TempFile(PathBuf);
 impl Drop for TempFile {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_args_need_an_absolute_dest_and_an_existing_src() {
+        let ok = parse_file_arg("/etc/hostname:/etc/host-hostname").unwrap();
+        assert_eq!(ok.src, PathBuf::from("/etc/hostname"));
+        assert_eq!(ok.dest, "/etc/host-hostname");
+        assert!(parse_file_arg("/etc/hostname").is_err());
+        assert!(parse_file_arg("/etc/hostname:relative").is_err());
+        assert!(parse_file_arg("/no/such/file:/x").is_err());
+    }
+
+    /// Boots a real L1 node: needs qemu, the kernel package (apt) and ~5 s.
+    /// `cargo test -p xtask -- --ignored`
+    #[test]
+    #[ignore = "boots an L1 node under qemu TCG"]
+    fn node_runs_the_command_and_returns_its_exit_code() {
+        let mut spec = NodeSpec::new("test -c /dev/kvm && echo kvm-ok; test -f \"$BOX_VMLINUX\" && echo kernel-ok; printf partial; exit 7");
+        spec.timeout = Duration::from_secs(300);
+        let out = run_in_node(&spec).unwrap();
+        assert_eq!(out.exit_code, 7);
+        let lines: Vec<&str> = out.console.lines().collect();
+        assert!(lines.contains(&"kvm-ok"), "{}", out.console);
+        assert!(lines.contains(&"kernel-ok"), "{}", out.console);
+        assert!(lines.contains(&"partial"), "{}", out.console);
+        assert!(!out.console.contains("BOX-NODE"), "{}", out.console);
     }
 }
