@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use std::collections::VecDeque;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -154,33 +155,55 @@ pub fn run_in_node(spec: &NodeSpec) -> Result<NodeOutcome> {
     // top of the cached base without rebuilding it.
     concat(&[&base, &segment.0], &initrd.0)?;
 
-    let qemu = host::which("qemu-system-x86_64")
-        .context("qemu-system-x86_64 (package qemu-system-x86)")?;
-    let mut cmd = Command::new(qemu);
-    cmd.args([
-        "-M",
-        "microvm,x-option-roms=off,rtc=on",
-        "-accel",
-        "tcg,thread=multi",
-        "-smp",
-        "2",
-    ])
-    .args(["-cpu", "max", "-m", "4096", "-nographic", "-no-reboot"])
-    .arg("-kernel")
-    .arg(&kernel.vmlinux)
-    .arg("-initrd")
-    .arg(&initrd.0)
-    .args(["-append", L1_CMDLINE])
-    // The command's stdin is /dev/null inside L1; none of ours goes to the serial port.
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    let mut cmd = qemu_command(&kernel.vmlinux, &initrd.0)?;
     let line = host::describe(&cmd);
     let started = Instant::now();
     let child = cmd
         .spawn()
         .with_context(|| format!("could not start `{line}`"))?;
     watch(child, started, &l1init::marker_prefix(&nonce), spec)
+}
+
+/// qemu booting L1, per the recipe in nested-kvm.md.
+fn qemu_command(vmlinux: &Path, initrd: &Path) -> Result<Command> {
+    let qemu = host::which("qemu-system-x86_64")
+        .context("qemu-system-x86_64 not found (package qemu-system-x86)")?;
+    let mut cmd = Command::new(qemu);
+    // -cpu max: SVM with nested paging, plus XSAVE, which L2 VMMs (Firecracker) require.
+    cmd.args(["-M", "microvm,x-option-roms=off,rtc=on"])
+        .args([
+            "-accel",
+            "tcg,thread=multi",
+            "-smp",
+            "2",
+            "-cpu",
+            "max",
+            "-m",
+            "4096",
+        ])
+        .args(["-nographic", "-no-reboot"])
+        .arg("-kernel")
+        .arg(vmlinux)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", L1_CMDLINE])
+        // The command's stdin is /dev/null inside L1; none of ours goes to the serial port.
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // If xtask is killed outright (a CI timeout's SIGKILL), qemu must not linger burning both
+    // cores under TCG.
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
+    // async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
 }
 
 enum Event {
