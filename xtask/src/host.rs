@@ -187,3 +187,24 @@ pub fn describe(cmd: &Command) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_and_dynamic_elfs_are_told_apart() {
+        // The test binary itself is dynamically linked (glibc, no crt-static here).
+        let me = std::env::current_exe().unwrap();
+        assert!(!is_static_elf(&me));
+        assert!(!is_static_elf(Path::new("/etc/hostname")));
+        if Path::new(BUSYBOX).exists() {
+            // ldd fails on an executable that has no dynamic section.
+            let ldd_says_static = std::process::Command::new("ldd")
+                .arg(BUSYBOX)
+                .output()
+                .is_ok_and(|o| !o.status.success());
+            assert_eq!(is_static_elf(Path::new(BUSYBOX)), ldd_says_static);
+        }
+    }
+}

@@ -314,3 +314,41 @@ fn pipe_through(cmd: &mut Command, input: &[u8]) -> Result<Vec<u8>> {
     }
     Ok(out.stdout)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bzImage-shaped blob: boot header fields, then an lz4 legacy payload and its size.
+    fn fake_bzimage(elf: &[u8]) -> Option<Vec<u8>> {
+        let lz = pipe_through(Command::new("lz4").args(["-l", "-c", "-q"]), elf).ok()?;
+        let setup_sects = 3u8;
+        let payload_offset = 100usize;
+        let mut bz = vec![0u8; (setup_sects as usize + 1) * 512 + payload_offset];
+        bz[0x1f1] = setup_sects;
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        let mut payload = lz;
+        payload.extend_from_slice(&(elf.len() as u32).to_le_bytes());
+        bz[0x248..0x24c].copy_from_slice(&(payload_offset as u32).to_le_bytes());
+        bz[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        bz.extend_from_slice(&payload);
+        bz.extend_from_slice(b"trailing junk after the payload");
+        Some(bz)
+    }
+
+    #[test]
+    fn vmlinux_comes_out_of_the_lz4_payload() {
+        let mut elf = b"\x7fELF".to_vec();
+        elf.extend((0..100_000u32).map(|i| (i % 251) as u8));
+        let Some(bz) = fake_bzimage(&elf) else {
+            return; // no lz4 tool on this host
+        };
+        assert_eq!(extract_vmlinux(&bz).unwrap(), elf);
+    }
+
+    #[test]
+    fn a_non_bzimage_is_refused() {
+        let err = extract_vmlinux(&[0u8; 4096]).unwrap_err();
+        assert!(format!("{err:#}").contains("HdrS"), "{err:#}");
+    }
+}
