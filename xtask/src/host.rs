@@ -60,7 +60,7 @@ pub fn ensure_node_tools() -> Result<()> {
         "xtask: installing missing host packages: {}",
         missing.join(" ")
     );
-    apt_get(&["update", "-qq"])?;
+    apt_update()?;
     let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
     args.extend(&missing);
     apt_get(&args)?;
@@ -124,6 +124,18 @@ pub fn which(probe: &str) -> Option<std::path::PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(probe))
         .find(|p| p.is_file())
+}
+
+/// `apt-get update`, at most once per xtask run: a fresh machine may need it both for missing
+/// tools and for the kernel package, and each costs seconds of downloads.
+pub fn apt_update() -> Result<()> {
+    static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if DONE.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
+    apt_get(&["update", "-qq"])?;
+    DONE.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
 }
 
 /// Runs `apt-get`, as root directly or through `sudo -n` otherwise.

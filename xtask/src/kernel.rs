@@ -119,7 +119,7 @@ fn resolve() -> Result<(String, String)> {
         None => {
             // A fresh container often ships without apt lists.
             eprintln!("xtask: apt-cache knows no {META_PACKAGE}; running apt-get update");
-            host::apt_get(&["update", "-qq"])?;
+            host::apt_update()?;
             depends_of_meta().with_context(|| {
                 format!("`apt-cache depends {META_PACKAGE}` names no linux-image package even after apt-get update")
             })?
