@@ -9,6 +9,7 @@ mod l1init;
 mod node;
 mod paths;
 mod tree;
+mod util;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -38,7 +39,7 @@ enum Cmd {
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Ci => ci::run(),
+        Cmd::Ci => ci::run_ci(),
         Cmd::Demo => {
             println!("cargo xtask demo: not yet available: `box run` in a real microVM arrives with the end-to-end issue");
             Ok(())

@@ -1,0 +1,6 @@
+//! Processes: their launch description, the fork/exec that creates them, their stdio.
+
+pub mod launch;
+pub mod pty;
+pub mod spawn;
+pub mod stdio;

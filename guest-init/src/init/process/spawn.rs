@@ -1,0 +1,403 @@
+//! fork + exec of container processes, in two steps: the child is created and set up
+//! (namespace, root, stdio, user) and then held until started, so that a container's main
+//! process exists from Create on and runs from Start on, exactly once.
+//!
+//! Written on raw `fork` rather than `std::process::Command` because the registry lock must
+//! be held across the fork (see `reaper`), the mount namespace and root must be set up before
+//! `chdir`/`setuid`, and std would call `waitpid` itself when exec fails, racing the reaper.
+//! Everything the child needs is prepared before the fork: after it, in a multithreaded
+//! parent, the child calls only async-signal-safe syscalls and never allocates.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use nix::fcntl::OFlag;
+use nix::unistd::{pipe2, ForkResult, Pid};
+
+use crate::init::reaper::{Registry, Route};
+
+/// Where the child's filesystem root comes from.
+pub enum RootSetup {
+    /// Keep init's root (used by unit tests).
+    Inherit,
+    /// A new mount namespace whose root becomes `rootfs` (the container's main process).
+    NewRoot {
+        rootfs: CString,
+        mounts: Vec<ChildMount>,
+    },
+    /// Join an existing container's mount namespace (exec'd processes).
+    JoinMountNs { ns: OwnedFd },
+}
+
+/// One mount made inside the new namespace before the root switch; `target` is already the
+/// full path under the rootfs as seen before the switch.
+pub struct ChildMount {
+    pub source: Option<CString>,
+    pub target: CString,
+    pub fstype: Option<CString>,
+    pub flags: libc::c_ulong,
+    pub data: Option<CString>,
+}
+
+/// The child's stdin, stdout and stderr, and whether fd 0 is its controlling terminal.
+pub struct ChildStdio {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    pub controlling_tty: bool,
+}
+
+pub struct Launch {
+    /// Paths tried in order with `execve`, as `execvp` would walk `PATH` (resolved inside
+    /// the child after the root switch, so the container's own files are found).
+    pub exe_candidates: Vec<CString>,
+    pub argv: Vec<CString>,
+    pub envp: Vec<CString>,
+    pub cwd: CString,
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+    pub additional_gids: Vec<libc::gid_t>,
+    pub root: RootSetup,
+    pub stdio: ChildStdio,
+}
+
+/// The step of child setup that failed, reported through the status pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Stage {
+    Setsid = 1,
+    Unshare,
+    MakePrivate,
+    BindRoot,
+    Mount,
+    SwitchRoot,
+    SetNs,
+    Stdio,
+    Tty,
+    Chdir,
+    SetGroups,
+    SetGid,
+    SetUid,
+    Exec,
+}
+
+impl Stage {
+    fn from_u8(v: u8) -> Option<Stage> {
+        use Stage::*;
+        [
+            Setsid,
+            Unshare,
+            MakePrivate,
+            BindRoot,
+            Mount,
+            SwitchRoot,
+            SetNs,
+            Stdio,
+            Tty,
+            Chdir,
+            SetGroups,
+            SetGid,
+            SetUid,
+            Exec,
+        ]
+        .into_iter()
+        .find(|s| *s as u8 == v)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("process setup failed at {stage:?}: {errno}")]
+    Child { stage: Stage, errno: nix::Error },
+    #[error("process died before reporting its setup")]
+    Vanished,
+    #[error("creating a process: {0}")]
+    Host(#[from] nix::Error),
+}
+
+const READY: u8 = b'R';
+const FAILED: u8 = b'E';
+
+/// A created child, set up and waiting for [`Held::start`].
+pub struct Held {
+    pub pid: Pid,
+    go: OwnedFd,
+    status: OwnedFd,
+}
+
+/// Forks a child registered with `route`, waits until its setup is done and returns it held.
+/// Blocking: call from a blocking context.
+pub fn spawn_held(registry: &Registry, launch: Launch, route: Route) -> Result<Held, SpawnError> {
+    let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC)?;
+    let (go_r, go_w) = pipe2(OFlag::O_CLOEXEC)?;
+    let pid = {
+        let mut guard = registry.lock_for_spawn();
+        // SAFETY: the child runs only `child_main`, which makes async-signal-safe syscalls on
+        // data prepared before the fork and never returns.
+        match unsafe { nix::unistd::fork() }? {
+            ForkResult::Child => child_main(&launch, status_w.as_raw_fd(), go_r.as_raw_fd()),
+            ForkResult::Parent { child } => {
+                guard.register(child, route);
+                child
+            }
+        }
+    };
+    // The child's ends must close here, or EOF on the status pipe would never come.
+    drop(status_w);
+    drop(go_r);
+    drop(launch);
+    match read_report(&status_r)? {
+        Report::Ready => Ok(Held {
+            pid,
+            go: go_w,
+            status: status_r,
+        }),
+        Report::Failed(stage, errno) => Err(SpawnError::Child { stage, errno }),
+        Report::Eof => Err(SpawnError::Vanished),
+    }
+}
+
+impl Held {
+    /// Lets the child exec; returns once the exec succeeded (the status pipe closed on exec)
+    /// or with the reason it failed. Blocking.
+    pub fn start(self) -> Result<Pid, SpawnError> {
+        nix::unistd::write(&self.go, &[1u8])?;
+        match read_report(&self.status)? {
+            Report::Eof => Ok(self.pid),
+            Report::Failed(stage, errno) => Err(SpawnError::Child { stage, errno }),
+            Report::Ready => Err(SpawnError::Vanished),
+        }
+    }
+}
+
+enum Report {
+    Ready,
+    Failed(Stage, nix::Error),
+    Eof,
+}
+
+fn read_report(fd: &OwnedFd) -> Result<Report, SpawnError> {
+    let mut tag = [0u8; 1];
+    if read_full(fd, &mut tag)? == 0 {
+        return Ok(Report::Eof);
+    }
+    match tag[0] {
+        READY => Ok(Report::Ready),
+        FAILED => {
+            let mut rest = [0u8; 5];
+            if read_full(fd, &mut rest)? < rest.len() {
+                return Err(SpawnError::Vanished);
+            }
+            let stage = Stage::from_u8(rest[0]).unwrap_or(Stage::Exec);
+            let errno = i32::from_ne_bytes([rest[1], rest[2], rest[3], rest[4]]);
+            Ok(Report::Failed(stage, nix::Error::from_raw(errno)))
+        }
+        _ => Err(SpawnError::Vanished),
+    }
+}
+
+fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> Result<usize, SpawnError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match nix::unistd::read(fd, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(got)
+}
+
+// ---- the child side: async-signal-safe only, no allocation ----
+
+fn fail(status_w: RawFd, stage: Stage) -> ! {
+    let errno = nix::Error::last_raw();
+    let e = errno.to_ne_bytes();
+    let msg = [FAILED, stage as u8, e[0], e[1], e[2], e[3]];
+    // SAFETY: write(2) and _exit(2) are async-signal-safe; `msg` outlives the call.
+    unsafe {
+        libc::write(status_w, msg.as_ptr().cast(), msg.len());
+        libc::_exit(127)
+    }
+}
+
+fn ptr(s: &CString) -> *const libc::c_char {
+    s.as_ptr()
+}
+
+fn opt_ptr(s: &Option<CString>) -> *const libc::c_char {
+    s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr())
+}
+
+fn child_main(l: &Launch, status_w: RawFd, go_r: RawFd) -> ! {
+    // SAFETY: every call below is a raw, async-signal-safe syscall on pointers into `l`, which
+    // was fully built before the fork and is not modified; nothing allocates.
+    unsafe {
+        // PID 1 blocks the signals it handles and Rust ignores SIGPIPE; neither may leak into
+        // the container (Kata #... lesson: programs expect SIGPIPE's default).
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+
+        if libc::setsid() < 0 {
+            fail(status_w, Stage::Setsid);
+        }
+        match &l.root {
+            RootSetup::Inherit => {}
+            RootSetup::NewRoot { rootfs, mounts } => {
+                if libc::unshare(libc::CLONE_NEWNS) < 0 {
+                    fail(status_w, Stage::Unshare);
+                }
+                let root = c"/";
+                if libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) < 0
+                {
+                    fail(status_w, Stage::MakePrivate);
+                }
+                // pivot_root needs the new root to be a mount point.
+                if libc::mount(
+                    ptr(rootfs),
+                    ptr(rootfs),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ) < 0
+                {
+                    fail(status_w, Stage::BindRoot);
+                }
+                for m in mounts {
+                    if libc::mount(
+                        opt_ptr(&m.source),
+                        ptr(&m.target),
+                        opt_ptr(&m.fstype),
+                        m.flags,
+                        opt_ptr(&m.data).cast(),
+                    ) < 0
+                    {
+                        fail(status_w, Stage::Mount);
+                    }
+                }
+                if libc::chdir(ptr(rootfs)) < 0 {
+                    fail(status_w, Stage::SwitchRoot);
+                }
+                let dot = c".";
+                if libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) == 0 {
+                    // The old root is stacked under the new one: detach it.
+                    if libc::umount2(dot.as_ptr(), libc::MNT_DETACH) < 0 {
+                        fail(status_w, Stage::SwitchRoot);
+                    }
+                } else if nix::Error::last_raw() == libc::EINVAL {
+                    // The initramfs root cannot be pivoted away from: move the new root over
+                    // it and chroot instead, as runc's no-pivot mode does.
+                    if libc::mount(
+                        dot.as_ptr(),
+                        root.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_MOVE,
+                        std::ptr::null(),
+                    ) < 0
+                        || libc::chroot(dot.as_ptr()) < 0
+                    {
+                        fail(status_w, Stage::SwitchRoot);
+                    }
+                } else {
+                    fail(status_w, Stage::SwitchRoot);
+                }
+                if libc::chdir(root.as_ptr()) < 0 {
+                    fail(status_w, Stage::SwitchRoot);
+                }
+            }
+            RootSetup::JoinMountNs { ns } => {
+                // Joining a mount namespace also moves root and cwd to that namespace's root.
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) < 0 {
+                    fail(status_w, Stage::SetNs);
+                }
+            }
+        }
+        let s = &l.stdio;
+        for (src, dst) in [(&s.stdin, 0), (&s.stdout, 1), (&s.stderr, 2)] {
+            // init keeps 0-2 open (see init::ensure_std_fds), so a source is never 0-2 itself
+            // and dup2 leaves the copies without CLOEXEC.
+            if libc::dup2(src.as_raw_fd(), dst) < 0 {
+                fail(status_w, Stage::Stdio);
+            }
+        }
+        if s.controlling_tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+            fail(status_w, Stage::Tty);
+        }
+        if libc::chdir(ptr(&l.cwd)) < 0 {
+            fail(status_w, Stage::Chdir);
+        }
+        if libc::setgroups(l.additional_gids.len(), l.additional_gids.as_ptr()) < 0 {
+            fail(status_w, Stage::SetGroups);
+        }
+        if libc::setgid(l.gid) < 0 {
+            fail(status_w, Stage::SetGid);
+        }
+        if libc::setuid(l.uid) < 0 {
+            fail(status_w, Stage::SetUid);
+        }
+        let ready = [READY];
+        if libc::write(status_w, ready.as_ptr().cast(), 1) != 1 {
+            libc::_exit(127);
+        }
+        // Held: Start writes one byte; Delete before Start closes the pipe instead.
+        let mut go = [0u8; 1];
+        loop {
+            let n = libc::read(go_r, go.as_mut_ptr().cast(), 1);
+            if n == 1 {
+                break;
+            }
+            if n < 0 && nix::Error::last_raw() == libc::EINTR {
+                continue;
+            }
+            libc::_exit(127);
+        }
+        let argv = NullTerminated::new(&l.argv);
+        let envp = NullTerminated::new(&l.envp);
+        let mut err = libc::ENOENT;
+        for exe in &l.exe_candidates {
+            libc::execve(ptr(exe), argv.as_ptr(), envp.as_ptr());
+            let e = nix::Error::last_raw();
+            // As execvp: keep looking past "not here", remember a "found but refused".
+            if e != libc::ENOENT && e != libc::ENOTDIR {
+                err = e;
+                if e != libc::EACCES {
+                    break;
+                }
+            }
+        }
+        nix::Error::set_raw(err);
+        fail(status_w, Stage::Exec)
+    }
+}
+
+/// A NULL-terminated pointer array over CStrings, on the stack so that building it after
+/// the fork does not allocate. Argument and environment counts above the cap are refused
+/// before the fork (see `launch`).
+pub const MAX_ARGS: usize = 4096;
+
+struct NullTerminated {
+    ptrs: [*const libc::c_char; MAX_ARGS + 1],
+}
+
+impl NullTerminated {
+    fn new(items: &[CString]) -> NullTerminated {
+        let mut ptrs = [std::ptr::null(); MAX_ARGS + 1];
+        for (slot, s) in ptrs.iter_mut().zip(items.iter().take(MAX_ARGS)) {
+            *slot = s.as_ptr();
+        }
+        NullTerminated { ptrs }
+    }
+
+    fn as_ptr(&self) -> *const *const libc::c_char {
+        self.ptrs.as_ptr()
+    }
+}

@@ -1,0 +1,428 @@
+//! The containers of this VM and the work behind each Task call.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use containerd_shim_protos::events::task::{TaskExecStarted, TaskExit, TaskStart};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use oci_spec::runtime::{Process as OciProcess, Spec};
+use tokio::sync::oneshot;
+
+use super::process::{Phase, Process};
+use super::TaskError;
+use crate::api::events::{
+    TASK_EXEC_STARTED_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
+};
+use crate::api::stream::StreamKind;
+use crate::init::events::{timestamp, Events};
+use crate::init::process::launch;
+use crate::init::process::spawn::{spawn_held, Held, Launch, RootSetup};
+use crate::init::process::stdio::{Io, Wanted};
+use crate::init::reaper::{Exit, Registry};
+use crate::init::transport::BoxConn;
+
+pub struct Container {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub main: Arc<Process>,
+    execs: Mutex<HashMap<String, Arc<Process>>>,
+    /// The mount namespace exec'd processes join, opened once the main process set it up.
+    mnt_ns: OwnedFd,
+    /// `/proc/<pid>/ns/mnt`'s link text, to find every process of the container.
+    mnt_ns_id: String,
+}
+
+/// Everything a Create or Exec call asks for, independent of the protobuf types.
+pub struct ProcessRequest {
+    pub container_id: String,
+    pub exec_id: String,
+    pub terminal: bool,
+    pub io_names: [String; 3],
+}
+
+impl ProcessRequest {
+    fn wanted(&self) -> Wanted {
+        Wanted {
+            stdin: !self.io_names[0].is_empty(),
+            stdout: !self.io_names[1].is_empty(),
+            stderr: !self.io_names[2].is_empty(),
+            terminal: self.terminal,
+        }
+    }
+}
+
+pub struct Tasks {
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    registry: Arc<Registry>,
+    events: Arc<Events>,
+    drain_grace: Duration,
+}
+
+fn internal(what: &str) -> impl Fn(String) -> TaskError + '_ {
+    move |e| TaskError::Internal(format!("{what}: {e}"))
+}
+
+impl Tasks {
+    pub fn new(registry: Arc<Registry>, events: Arc<Events>, drain_grace: Duration) -> Tasks {
+        Tasks {
+            containers: Mutex::default(),
+            registry,
+            events,
+            drain_grace,
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Container>>> {
+        self.containers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn container(&self, id: &str) -> Result<Arc<Container>, TaskError> {
+        self.map()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| TaskError::NotFound(format!("container {id:?}")))
+    }
+
+    pub fn process(&self, id: &str, exec_id: &str) -> Result<Arc<Process>, TaskError> {
+        let c = self.container(id)?;
+        if exec_id.is_empty() {
+            return Ok(c.main.clone());
+        }
+        let execs = c.execs.lock().unwrap_or_else(|p| p.into_inner());
+        execs
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| TaskError::NotFound(format!("exec {exec_id:?} in container {id:?}")))
+    }
+
+    pub fn stream_slot(
+        &self,
+        id: &str,
+        exec_id: &str,
+        kind: StreamKind,
+    ) -> Result<oneshot::Sender<BoxConn>, TaskError> {
+        self.process(id, exec_id)?
+            .io
+            .take_slot(kind)
+            .map_err(|e| TaskError::FailedPrecondition(e.to_string()))
+    }
+
+    /// Forks `proc` held; a finisher task publishes its exit once its output has drained.
+    async fn spawn(&self, proc: &Arc<Process>, launch: Launch) -> Result<Held, TaskError> {
+        let (route, exited) = proc.route();
+        let finisher = proc.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let Ok(exit) = exited.await else { return };
+            if finisher.finish(exit).await {
+                events.publish(TASK_EXIT_EVENT_TOPIC, &task_exit(&finisher, exit));
+            }
+        });
+        let registry = self.registry.clone();
+        tokio::task::spawn_blocking(move || spawn_held(&registry, launch, route))
+            .await
+            .map_err(|e| TaskError::Internal(format!("spawn task: {e}")))?
+            .map_err(|e| TaskError::Internal(e.to_string()))
+    }
+
+    pub async fn create(&self, req: ProcessRequest, bundle: &Path) -> Result<u32, TaskError> {
+        let id = req.container_id.clone();
+        if id.is_empty() || id.contains('/') {
+            return Err(TaskError::InvalidArgument(format!(
+                "bad container id {id:?}"
+            )));
+        }
+        if self.map().contains_key(&id) {
+            return Err(TaskError::AlreadyExists(format!("container {id:?}")));
+        }
+        let spec = Spec::load(bundle.join("config.json")).map_err(|e| {
+            TaskError::InvalidArgument(format!("bundle {}: config.json: {e}", bundle.display()))
+        })?;
+        let oci_process = spec
+            .process()
+            .clone()
+            .ok_or_else(|| TaskError::InvalidArgument("the spec has no process".into()))?;
+        let root = spec
+            .root()
+            .as_ref()
+            .map_or(PathBuf::from("rootfs"), |r| r.path().clone());
+        let rootfs = bundle.join(root);
+        if !rootfs.is_dir() {
+            return Err(TaskError::InvalidArgument(format!(
+                "rootfs {} is not a directory",
+                rootfs.display()
+            )));
+        }
+        let mounts = launch::container_mounts(&rootfs, spec.mounts().as_deref().unwrap_or(&[]))
+            .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+        let rootfs_c = std::ffi::CString::new(rootfs.to_string_lossy().as_bytes())
+            .map_err(|_| TaskError::InvalidArgument("rootfs path has a NUL byte".into()))?;
+        let terminal = req.terminal || oci_process.terminal().unwrap_or(false);
+        let req = ProcessRequest { terminal, ..req };
+        let (io, stdio) = Io::new(req.wanted(), self.drain_grace)
+            .map_err(|e| internal("stdio")(e.to_string()))?;
+        let launch = launch::build(
+            &oci_process,
+            RootSetup::NewRoot {
+                rootfs: rootfs_c,
+                mounts,
+            },
+            stdio,
+        )
+        .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+        let main = Process::new(
+            &id,
+            "",
+            terminal,
+            req.io_names.clone(),
+            io,
+            Phase::Created(None),
+        );
+        let held = match self.spawn(&main, launch).await {
+            Ok(h) => h,
+            Err(e) => {
+                main.set_started(false);
+                return Err(e);
+            }
+        };
+        let pid = held.pid;
+        // The child reported ready after its root switch, so this is the container's namespace.
+        let ns_path = format!("/proc/{pid}/ns/mnt");
+        let opened = std::fs::File::open(&ns_path)
+            .and_then(|f| Ok((OwnedFd::from(f), std::fs::read_link(&ns_path)?)));
+        *main.phase() = Phase::Created(Some(held));
+        let (mnt_ns, link) = match opened {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = main.signal(Signal::SIGKILL);
+                main.set_started(false);
+                return Err(TaskError::Internal(format!("opening {ns_path}: {e}")));
+            }
+        };
+        let container = Arc::new(Container {
+            id: id.clone(),
+            bundle: bundle.to_path_buf(),
+            main,
+            execs: Mutex::default(),
+            mnt_ns,
+            mnt_ns_id: link.to_string_lossy().into_owned(),
+        });
+        self.map().insert(id, container);
+        Ok(pid.as_raw() as u32)
+    }
+
+    pub async fn exec(&self, req: ProcessRequest, spec: OciProcess) -> Result<(), TaskError> {
+        let c = self.container(&req.container_id)?;
+        if req.exec_id.is_empty() {
+            return Err(TaskError::InvalidArgument("empty exec id".into()));
+        }
+        let mut execs = c.execs.lock().unwrap_or_else(|p| p.into_inner());
+        if execs.contains_key(&req.exec_id) {
+            return Err(TaskError::AlreadyExists(format!("exec {:?}", req.exec_id)));
+        }
+        let terminal = req.terminal || spec.terminal().unwrap_or(false);
+        let req = ProcessRequest { terminal, ..req };
+        let (io, stdio) = Io::new(req.wanted(), self.drain_grace)
+            .map_err(|e| internal("stdio")(e.to_string()))?;
+        let ns = c
+            .mnt_ns
+            .try_clone()
+            .map_err(|e| internal("mount namespace")(e.to_string()))?;
+        let launch = launch::build(&spec, RootSetup::JoinMountNs { ns }, stdio)
+            .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+        let p = Process::new(
+            &c.id,
+            &req.exec_id,
+            terminal,
+            req.io_names.clone(),
+            io,
+            Phase::Defined(Some(launch)),
+        );
+        execs.insert(req.exec_id.clone(), p);
+        Ok(())
+    }
+
+    pub async fn start(&self, id: &str, exec_id: &str) -> Result<u32, TaskError> {
+        let p = self.process(id, exec_id)?;
+        let held = if exec_id.is_empty() {
+            let held = match &mut *p.phase() {
+                Phase::Created(held) => held.take(),
+                _ => None,
+            };
+            held.ok_or_else(|| {
+                TaskError::FailedPrecondition(format!("container {id:?} was already started"))
+            })?
+        } else {
+            let launch = match &mut *p.phase() {
+                Phase::Defined(launch) => launch.take(),
+                _ => None,
+            };
+            let launch = launch.ok_or_else(|| {
+                TaskError::FailedPrecondition(format!("exec {exec_id:?} was already started"))
+            })?;
+            match self.spawn(&p, launch).await {
+                Ok(h) => h,
+                Err(e) => {
+                    p.set_started(false);
+                    return Err(e);
+                }
+            }
+        };
+        let pid = held.pid;
+        {
+            let mut phase = p.phase();
+            // The reaper may already have marked a fast exit; never overwrite that.
+            if !matches!(*phase, Phase::Exited(_)) {
+                *phase = Phase::Running(pid);
+            }
+        }
+        let started = tokio::task::spawn_blocking(move || held.start())
+            .await
+            .map_err(|e| TaskError::Internal(format!("start task: {e}")))?;
+        if let Err(e) = started {
+            p.set_started(false);
+            return Err(TaskError::FailedPrecondition(format!(
+                "starting {id:?}/{exec_id:?}: {e}"
+            )));
+        }
+        if exec_id.is_empty() {
+            let mut ev = TaskStart::new();
+            ev.container_id = id.to_string();
+            ev.pid = pid.as_raw() as u32;
+            self.events.publish(TASK_START_EVENT_TOPIC, &ev);
+        } else {
+            let mut ev = TaskExecStarted::new();
+            ev.container_id = id.to_string();
+            ev.exec_id = exec_id.to_string();
+            ev.pid = pid.as_raw() as u32;
+            self.events.publish(TASK_EXEC_STARTED_EVENT_TOPIC, &ev);
+        }
+        // Only now may the finisher publish TaskExit: it always follows TaskStart.
+        p.set_started(true);
+        Ok(pid.as_raw() as u32)
+    }
+
+    pub fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<(), TaskError> {
+        let sig = Signal::try_from(signal as i32)
+            .map_err(|_| TaskError::InvalidArgument(format!("bad signal {signal}")))?;
+        let p = self.process(id, exec_id)?;
+        if all && exec_id.is_empty() {
+            let c = self.container(id)?;
+            for pid in c.pids() {
+                let _ = nix::sys::signal::kill(pid, sig);
+            }
+        }
+        p.signal(sig)
+    }
+
+    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<Exit, TaskError> {
+        Ok(self.process(id, exec_id)?.wait().await)
+    }
+
+    pub async fn delete(&self, id: &str, exec_id: &str) -> Result<(Option<Exit>, u32), TaskError> {
+        let c = self.container(id)?;
+        let p = self.process(id, exec_id)?;
+        let pid = p.pid().map_or(0, |p| p.as_raw() as u32);
+        let exit = match &mut *p.phase() {
+            Phase::Running(_) => {
+                return Err(TaskError::FailedPrecondition(format!(
+                    "{id:?}/{exec_id:?} is running"
+                )))
+            }
+            // Never started: dropping the held child's start pipe makes it exit.
+            Phase::Created(held) => {
+                held.take();
+                p.set_started(false);
+                None
+            }
+            Phase::Defined(_) => None,
+            Phase::Exited(exit) => Some(*exit),
+        };
+        let exit = match exit {
+            Some(_) => Some(p.wait().await),
+            None if pid != 0 => Some(p.wait().await),
+            None => None,
+        };
+        if exec_id.is_empty() {
+            self.map().remove(id);
+        } else {
+            c.execs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(exec_id);
+        }
+        Ok((exit, pid))
+    }
+
+    pub fn resize_pty(
+        &self,
+        id: &str,
+        exec_id: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<(), TaskError> {
+        let p = self.process(id, exec_id)?;
+        let master = p.io.pty.as_ref().ok_or_else(|| {
+            TaskError::FailedPrecondition(format!("{id:?}/{exec_id:?} has no terminal"))
+        })?;
+        let clamp = |v: u32| v.min(u16::MAX as u32) as u16;
+        crate::init::process::pty::resize(master.fd(), clamp(width), clamp(height))
+            .map_err(|e| TaskError::Internal(format!("resize: {e}")))
+    }
+
+    pub fn close_io(&self, id: &str, exec_id: &str) -> Result<(), TaskError> {
+        self.process(id, exec_id)?.io.close_stdin();
+        Ok(())
+    }
+
+    pub fn pids(&self, id: &str) -> Result<Vec<Pid>, TaskError> {
+        Ok(self.container(id)?.pids())
+    }
+
+    pub fn all_containers(&self) -> Vec<Arc<Container>> {
+        self.map().values().cloned().collect()
+    }
+}
+
+impl Container {
+    /// Every live process in the container's mount namespace (Box runs no cgroups yet).
+    pub fn pids(&self) -> Vec<Pid> {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
+                    .is_ok_and(|l| l.to_string_lossy() == self.mnt_ns_id)
+            })
+            .map(Pid::from_raw)
+            .collect()
+    }
+
+    pub fn exec_processes(&self) -> Vec<Arc<Process>> {
+        self.execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+fn task_exit(p: &Process, exit: Exit) -> TaskExit {
+    let mut ev = TaskExit::new();
+    ev.container_id = p.container_id.clone();
+    ev.id = if p.exec_id.is_empty() {
+        p.container_id.clone()
+    } else {
+        p.exec_id.clone()
+    };
+    ev.pid = exit.pid as u32;
+    ev.exit_status = exit.status;
+    ev.exited_at = Some(timestamp(exit.exited_at)).into();
+    ev
+}

@@ -1,0 +1,367 @@
+//! Client for guest-init's API: connect, call, open streams, follow events.
+//!
+//! The same calls run over two transports: the unix sockets of a host-process init, or a
+//! microVM's vsock through box-vmm's hybrid unix socket (`CONNECT <port>\n` -> `OK <n>\n`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use box_guest_init::api::agent::{
+    AgentClient as AgentRpc, HealthRequest, HealthResponse, ShutdownRequest,
+};
+use box_guest_init::api::events::{read_frame, Event, FrameError};
+use box_guest_init::api::stream::{read_line, LineError, StreamHello, StreamKind};
+use box_guest_init::api::{Port, PROCESS_SPEC_TYPE_URL};
+use containerd_shim_protos::api::{
+    CloseIORequest, CreateTaskRequest, DeleteRequest, DeleteResponse, ExecProcessRequest,
+    KillRequest, PidsRequest, ResizePtyRequest, StartRequest, StateRequest, StateResponse,
+    WaitRequest, WaitResponse,
+};
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use containerd_shim_protos::shim_async::TaskClient;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+/// Where guest-init listens.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// Host-process mode: one unix socket per port in this directory.
+    SocketDir(PathBuf),
+    /// A microVM: box-vmm's vsock unix socket.
+    HybridVsock(PathBuf),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connecting to {what}: {source}")]
+    Connect {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("vsock handshake for port {port}: {reason}")]
+    Handshake { port: u32, reason: String },
+    #[error("guest refused the {stream:?} stream: {reason}")]
+    StreamRefused { stream: StreamKind, reason: String },
+    #[error("reading the guest's answer: {0}")]
+    Line(#[from] LineError),
+    #[error(transparent)]
+    Rpc(#[from] ttrpc::Error),
+    #[error("events stream: {0}")]
+    Events(#[from] FrameError),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("encoding the process spec: {0}")]
+    Spec(#[from] serde_json::Error),
+}
+
+impl Endpoint {
+    /// A fresh byte stream to `port`.
+    pub async fn connect(&self, port: Port) -> Result<UnixStream, ClientError> {
+        match self {
+            Endpoint::SocketDir(dir) => {
+                let path = dir.join(port.socket_name());
+                UnixStream::connect(&path)
+                    .await
+                    .map_err(|source| ClientError::Connect {
+                        what: path.display().to_string(),
+                        source,
+                    })
+            }
+            Endpoint::HybridVsock(uds) => {
+                let mut s =
+                    UnixStream::connect(uds)
+                        .await
+                        .map_err(|source| ClientError::Connect {
+                            what: uds.display().to_string(),
+                            source,
+                        })?;
+                let p = port.vsock_port();
+                s.write_all(format!("CONNECT {p}\n").as_bytes())
+                    .await
+                    .map_err(|source| ClientError::Connect {
+                        what: format!("{} port {p}", uds.display()),
+                        source,
+                    })?;
+                let line = read_line(&mut s)
+                    .await
+                    .map_err(|e| ClientError::Handshake {
+                        port: p,
+                        reason: e.to_string(),
+                    })?;
+                if !line.starts_with("OK ") {
+                    return Err(ClientError::Handshake {
+                        port: p,
+                        reason: line,
+                    });
+                }
+                Ok(s)
+            }
+        }
+    }
+}
+
+/// What a process is, for Create (the bundle's config.json says) and Exec (given here).
+#[derive(Debug, Clone, Default)]
+pub struct StdioRequest {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub terminal: bool,
+}
+
+impl StdioRequest {
+    fn names(&self, id: &str) -> [String; 3] {
+        let name = |on: bool, s: &str| {
+            if on {
+                format!("{id}-{s}")
+            } else {
+                String::new()
+            }
+        };
+        [
+            name(self.stdin, "stdin"),
+            name(self.stdout, "stdout"),
+            name(self.stderr, "stderr"),
+        ]
+    }
+}
+
+/// A connected client. Unary calls share one ttrpc connection; every stream and the events
+/// get their own connection.
+#[derive(Clone)]
+pub struct GuestClient {
+    endpoint: Endpoint,
+    task: TaskClient,
+    agent: AgentRpc,
+}
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::Context::default()
+}
+
+impl GuestClient {
+    pub async fn connect(endpoint: Endpoint) -> Result<GuestClient, ClientError> {
+        let conn = endpoint.connect(Port::Control).await?;
+        let client = ttrpc::r#async::Client::new(conn.into());
+        Ok(GuestClient {
+            task: TaskClient::new(client.clone()),
+            agent: AgentRpc::new(client),
+            endpoint,
+        })
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    pub async fn health(&self, timeout: Duration) -> Result<HealthResponse, ClientError> {
+        tokio::time::timeout(timeout, self.agent.health(ctx(), &HealthRequest::new()))
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))?
+            .map_err(Into::into)
+    }
+
+    pub async fn shutdown(&self, grace: Duration) -> Result<(), ClientError> {
+        let req = ShutdownRequest {
+            grace_ms: grace.as_millis().min(u32::MAX as u128) as u32,
+            ..Default::default()
+        };
+        self.agent.shutdown(ctx(), &req).await?;
+        Ok(())
+    }
+
+    pub async fn create(
+        &self,
+        id: &str,
+        bundle: &str,
+        io: &StdioRequest,
+    ) -> Result<u32, ClientError> {
+        let [stdin, stdout, stderr] = io.names(id);
+        let req = CreateTaskRequest {
+            id: id.into(),
+            bundle: bundle.into(),
+            terminal: io.terminal,
+            stdin,
+            stdout,
+            stderr,
+            ..Default::default()
+        };
+        Ok(self.task.create(ctx(), &req).await?.pid)
+    }
+
+    pub async fn start(&self, id: &str, exec_id: &str) -> Result<u32, ClientError> {
+        let req = StartRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            ..Default::default()
+        };
+        Ok(self.task.start(ctx(), &req).await?.pid)
+    }
+
+    /// Registers an exec; `process` is an OCI process spec (JSON), as containerd sends it.
+    pub async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: &serde_json::Value,
+        io: &StdioRequest,
+    ) -> Result<(), ClientError> {
+        let [stdin, stdout, stderr] = io.names(exec_id);
+        let mut spec = Any::new();
+        spec.type_url = PROCESS_SPEC_TYPE_URL.into();
+        spec.value = serde_json::to_vec(process)?;
+        let req = ExecProcessRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            terminal: io.terminal,
+            stdin,
+            stdout,
+            stderr,
+            spec: Some(spec).into(),
+            ..Default::default()
+        };
+        self.task.exec(ctx(), &req).await?;
+        Ok(())
+    }
+
+    pub async fn kill(
+        &self,
+        id: &str,
+        exec_id: &str,
+        signal: u32,
+        all: bool,
+    ) -> Result<(), ClientError> {
+        let req = KillRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            signal,
+            all,
+            ..Default::default()
+        };
+        self.task.kill(ctx(), &req).await?;
+        Ok(())
+    }
+
+    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<WaitResponse, ClientError> {
+        let req = WaitRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            ..Default::default()
+        };
+        Ok(self.task.wait(ctx(), &req).await?)
+    }
+
+    pub async fn state(&self, id: &str, exec_id: &str) -> Result<StateResponse, ClientError> {
+        let req = StateRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            ..Default::default()
+        };
+        Ok(self.task.state(ctx(), &req).await?)
+    }
+
+    pub async fn delete(&self, id: &str, exec_id: &str) -> Result<DeleteResponse, ClientError> {
+        let req = DeleteRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            ..Default::default()
+        };
+        Ok(self.task.delete(ctx(), &req).await?)
+    }
+
+    pub async fn resize_pty(
+        &self,
+        id: &str,
+        exec_id: &str,
+        cols: u32,
+        rows: u32,
+    ) -> Result<(), ClientError> {
+        let req = ResizePtyRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            width: cols,
+            height: rows,
+            ..Default::default()
+        };
+        self.task.resize_pty(ctx(), &req).await?;
+        Ok(())
+    }
+
+    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), ClientError> {
+        let req = CloseIORequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            stdin: true,
+            ..Default::default()
+        };
+        self.task.close_io(ctx(), &req).await?;
+        Ok(())
+    }
+
+    pub async fn pids(&self, id: &str) -> Result<Vec<u32>, ClientError> {
+        let req = PidsRequest {
+            id: id.into(),
+            ..Default::default()
+        };
+        Ok(self
+            .task
+            .pids(ctx(), &req)
+            .await?
+            .processes
+            .iter()
+            .map(|p| p.pid)
+            .collect())
+    }
+
+    /// Opens one stdio or pty stream of a process: after this returns the connection carries
+    /// that stream's raw bytes.
+    pub async fn open_stream(
+        &self,
+        id: &str,
+        exec_id: &str,
+        stream: StreamKind,
+    ) -> Result<UnixStream, ClientError> {
+        let port = if stream == StreamKind::Pty {
+            Port::Pty
+        } else {
+            Port::Stdio
+        };
+        let mut conn = self.endpoint.connect(port).await?;
+        let hello = StreamHello {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            stream,
+        };
+        conn.write_all(hello.to_line().as_bytes())
+            .await
+            .map_err(|e| ClientError::Line(e.into()))?;
+        let answer = read_line(&mut conn).await?;
+        if answer != "OK" {
+            let reason = answer.strip_prefix("ERR ").unwrap_or(&answer).to_string();
+            return Err(ClientError::StreamRefused { stream, reason });
+        }
+        Ok(conn)
+    }
+
+    pub async fn events(&self) -> Result<EventStream, ClientError> {
+        Ok(EventStream {
+            conn: BufReader::new(self.endpoint.connect(Port::Events).await?),
+        })
+    }
+}
+
+/// The guest's event stream, in publish order.
+pub struct EventStream {
+    conn: BufReader<UnixStream>,
+}
+
+impl EventStream {
+    /// The next event; `Ok(None)` when the guest closed the stream.
+    pub async fn next(&mut self) -> Result<Option<Event>, ClientError> {
+        match read_frame(&mut self.conn).await? {
+            Some(env) => Ok(Some(Event::from_envelope(&env)?)),
+            None => Ok(None),
+        }
+    }
+}
