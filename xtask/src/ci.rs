@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::util::{cargo, project_root, run};
+use crate::util::{cargo, run};
 
 /// Debian packages the test tiers use, with a file that proves each is installed.
 const PACKAGES: &[(&str, &str)] = &[
@@ -52,8 +52,8 @@ pub fn build_static_init() -> Result<PathBuf> {
             target,
         ])
         .env("RUSTFLAGS", "-C target-feature=+crt-static"))?;
-    let bin = project_root()
-        .join("target")
+    // Where cargo put it: $CARGO_TARGET_DIR when set, as cargo itself honours it.
+    let bin = crate::paths::target_dir()
         .join(target)
         .join("release/box-init");
     if has_interpreter(&bin)? {

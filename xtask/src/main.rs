@@ -1,6 +1,14 @@
 //! `cargo xtask ...`: the project's automation: CI, the demo, images, the nested node, benchmarks.
 
 mod ci;
+mod cpio;
+mod host;
+mod kernel;
+mod l1image;
+mod l1init;
+mod node;
+mod paths;
+mod tree;
 mod util;
 
 use anyhow::Result;
@@ -19,6 +27,14 @@ enum Cmd {
     Ci,
     /// Run a command in a real microVM (the main job).
     Demo,
+    /// Run a shell command in an L1 node (Linux under qemu TCG with a real /dev/kvm), where
+    /// microVMs boot. Exits with the command's exit code; 125 if the node itself failed.
+    Node {
+        #[command(flatten)]
+        args: node::NodeArgs,
+    },
+    /// Fetch (or find cached) Debian's cloud kernel for guests and print its paths.
+    Kernel,
 }
 
 fn main() -> Result<()> {
@@ -28,5 +44,15 @@ fn main() -> Result<()> {
             println!("cargo xtask demo: not yet available: `box run` in a real microVM arrives with the end-to-end issue");
             Ok(())
         }
+        Cmd::Node { args } => match node::cmd(args) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                // 125, as `docker run` uses: distinct from any exit code the command itself
+                // is likely to return.
+                eprintln!("xtask node: {e:#}");
+                std::process::exit(125)
+            }
+        },
+        Cmd::Kernel => kernel::cmd(),
     }
 }

@@ -1,0 +1,145 @@
+//! The L1 node's initramfs, in two cpio segments that the kernel unpacks in turn:
+//! - a base segment (busybox, kvm modules, qemu, the guest kernel), which changes only when the
+//!   kernel package or a host tool changes, so it is cached by fingerprint;
+//! - a per-run segment (/init, the command, `--bin` and `--file` extras), small and rebuilt each
+//!   time.
+
+use crate::host::{self, BUSYBOX};
+use crate::kernel::Kernel;
+use crate::tree::Tree;
+use anyhow::{Context, Result};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Where things sit inside L1.
+pub const GUEST_KERNEL_DIR: &str = "/box/kernel";
+pub const L1_MODULES_DIR: &str = "/box/l1-modules";
+pub const CMD_FILE: &str = "/box/cmd";
+pub const BIN_DIR: &str = "/usr/local/bin";
+
+/// Loaded in this order at L1 boot: kvm needs irqbypass, kvm-amd needs kvm.
+pub const KVM_MODULES: &[(&str, &str)] = &[
+    ("irqbypass", "kernel/virt/lib/irqbypass.ko"),
+    ("kvm", "kernel/arch/x86/kvm/kvm.ko"),
+    ("kvm-amd", "kernel/arch/x86/kvm/kvm-amd.ko"),
+];
+
+/// The guest's share of the kernel's modules, relative to `lib/modules/<release>`: virtio-mmio
+/// transport, block, net, console, rng, vsock, and the filesystems a container root may use.
+/// Debian's cloud kernel builds all of these as modules.
+const GUEST_MODULES: &[&str] = &[
+    "modules.order",
+    "modules.builtin",
+    "modules.builtin.modinfo",
+    "kernel/drivers/virtio",
+    "kernel/drivers/block/virtio_blk.ko",
+    "kernel/drivers/char/virtio_console.ko",
+    "kernel/drivers/char/hw_random/virtio-rng.ko",
+    "kernel/drivers/net/virtio_net.ko",
+    "kernel/drivers/net/net_failover.ko",
+    "kernel/net/core/failover.ko",
+    "kernel/net/vmw_vsock",
+    "kernel/fs/overlayfs",
+    "kernel/fs/erofs",
+    "kernel/lib/libcrc32c.ko",
+    "kernel/fs/fuse",
+];
+
+/// qemu's data files that a `-M microvm -kernel` boot reads (its qboot BIOS); the rest of
+/// /usr/share/qemu stays out.
+const QEMU_DATA: &[&str] = &["bios-microvm.bin"];
+
+/// The guest kernel's paths inside L1, exported to the command as BOX_KERNEL etc.
+pub struct GuestKernel {
+    pub bzimage: String,
+    pub vmlinux: String,
+    pub modules: String,
+}
+
+pub fn guest_kernel(k: &Kernel) -> GuestKernel {
+    GuestKernel {
+        bzimage: format!("{GUEST_KERNEL_DIR}/vmlinuz"),
+        vmlinux: format!("{GUEST_KERNEL_DIR}/vmlinux"),
+        modules: format!("{GUEST_KERNEL_DIR}/modules/{}", k.release),
+    }
+}
+
+/// Returns the cached base segment, building it if its inputs changed.
+pub fn base(k: &Kernel, dir: &Path) -> Result<PathBuf> {
+    let tree = base_tree(k)?;
+    let out = dir.join(format!("l1-base-{}.cpio", tree.fingerprint()));
+    if out.exists() {
+        return Ok(out);
+    }
+    fs::create_dir_all(dir)?;
+    eprintln!("xtask: building the L1 base image {}", out.display());
+    tree.write(&out).context("building the L1 base image")?;
+    // Older bases are dead weight (tens of MB each).
+    for e in fs::read_dir(dir)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("l1-base-") && e.path() != out {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+    Ok(out)
+}
+
+fn base_tree(k: &Kernel) -> Result<Tree> {
+    let mut t = Tree::default();
+    for d in [
+        "proc", "sys", "dev", "tmp", "run", "root", "etc", "bin", "sbin", "usr/bin", "usr/sbin",
+        BIN_DIR,
+    ] {
+        t.dir(d);
+    }
+    t.file("bin/busybox", Path::new(BUSYBOX))?;
+    t.bytes("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644);
+    t.bytes("etc/group", "root:x:0:\nkvm:x:36:\n", 0o644);
+    for (name, rel) in KVM_MODULES {
+        t.file(&format!("{L1_MODULES_DIR}/{name}.ko"), &k.modules.join(rel))
+            .with_context(|| format!("the L1 node needs {name}.ko from {}", k.package))?;
+    }
+    let g = guest_kernel(k);
+    t.file(&g.bzimage, &k.bzimage)?;
+    t.file(&g.vmlinux, &k.vmlinux)?;
+    for rel in GUEST_MODULES {
+        t.path(&format!("{}/{rel}", g.modules), &k.modules.join(rel))?;
+    }
+    // qemu inside L1: the reference VMM that benchmarks compare box-vmm against.
+    let qemu = host::which("qemu-system-x86_64")
+        .context("qemu-system-x86_64 (package qemu-system-x86)")?;
+    t.executable("usr/bin/qemu-system-x86_64", &qemu)?;
+    for f in QEMU_DATA {
+        t.file(
+            &format!("usr/share/qemu/{f}"),
+            &Path::new("/usr/share/qemu").join(f),
+        )?;
+    }
+    Ok(t)
+}
+
+/// What one run adds on top of the base.
+pub struct RunSpec<'a> {
+    pub init: &'a str,
+    pub command: &'a str,
+    pub bins: &'a [PathBuf],
+    pub files: &'a [(PathBuf, String)],
+}
+
+pub fn run_segment(spec: &RunSpec, out: &Path) -> Result<()> {
+    let mut t = Tree::default();
+    t.bytes("init", spec.init, 0o755);
+    t.bytes(CMD_FILE, spec.command, 0o644);
+    for bin in spec.bins {
+        let name = bin
+            .file_name()
+            .with_context(|| format!("--bin {}: not a file path", bin.display()))?;
+        t.executable(&format!("{BIN_DIR}/{}", name.to_string_lossy()), bin)
+            .with_context(|| format!("--bin {}", bin.display()))?;
+    }
+    for (src, dest) in spec.files {
+        t.path(dest, src)
+            .with_context(|| format!("--file {}:{dest}", src.display()))?;
+    }
+    t.write(out)
+}
