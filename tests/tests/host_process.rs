@@ -630,3 +630,93 @@ async fn t6c_a_grandchild_holding_stdout_open_does_not_block_task_exit() {
         .expect("Wait is not blocked either");
     assert_eq!(w.unwrap().exit_status, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t12_stdin_close_io_and_the_process_spec_user_cwd_env() {
+    require_host_tier!();
+    let init = HostInit::start(false);
+    let c = init.client().await;
+    sleeping_container(&init, &c, "ctr").await;
+    let io = StdioRequest {
+        stdin: true,
+        stdout: true,
+        ..NO_IO
+    };
+    // CloseIO: `cat` sees EOF on stdin and exits with what it read.
+    c.exec("ctr", "cat", &process(&["cat"], false), &io)
+        .await
+        .unwrap();
+    let mut stdin = c
+        .open_stream("ctr", "cat", StreamKind::Stdin)
+        .await
+        .unwrap();
+    let stdout = c
+        .open_stream("ctr", "cat", StreamKind::Stdout)
+        .await
+        .unwrap();
+    c.start("ctr", "cat").await.unwrap();
+    stdin.write_all(b"abc\n").await.unwrap();
+    stdin.flush().await.unwrap();
+    c.close_stdin("ctr", "cat").await.unwrap();
+    let out = tokio::time::timeout(BACKSTOP, read_all(stdout))
+        .await
+        .expect("cat ends after CloseIO");
+    assert_eq!(out, b"abc\n");
+    assert_eq!(c.wait("ctr", "cat").await.unwrap().exit_status, 0);
+
+    // The host half-closing the stdin connection is EOF too.
+    c.exec("ctr", "wc", &process(&["wc", "-c"], false), &io)
+        .await
+        .unwrap();
+    let mut stdin = c.open_stream("ctr", "wc", StreamKind::Stdin).await.unwrap();
+    let stdout = c
+        .open_stream("ctr", "wc", StreamKind::Stdout)
+        .await
+        .unwrap();
+    c.start("ctr", "wc").await.unwrap();
+    stdin.write_all(&[b'x'; 100_000]).await.unwrap();
+    stdin.shutdown().await.unwrap();
+    let out = tokio::time::timeout(BACKSTOP, read_all(stdout))
+        .await
+        .expect("wc ends after EOF");
+    assert_eq!(String::from_utf8_lossy(&out).trim(), "100000");
+
+    // uid, gid, cwd and env come from the spec; the main process can start only once.
+    let spec = json!({
+        "user": {"uid": 1234, "gid": 4321},
+        "args": ["sh", "-c", "echo $(id -u) $(id -g) $(pwd) $GREETING"],
+        "env": ["PATH=/bin", "GREETING=hello"],
+        "cwd": "/tmp"
+    });
+    let out_only = StdioRequest {
+        stdout: true,
+        ..NO_IO
+    };
+    c.exec("ctr", "who", &spec, &out_only).await.unwrap();
+    let stdout = c
+        .open_stream("ctr", "who", StreamKind::Stdout)
+        .await
+        .unwrap();
+    c.start("ctr", "who").await.unwrap();
+    let out = tokio::time::timeout(BACKSTOP, read_all(stdout))
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out).trim(), "1234 4321 /tmp hello");
+    assert!(
+        c.start("ctr", "").await.is_err(),
+        "a second Start of the main process must fail"
+    );
+    assert!(
+        c.start("ctr", "who").await.is_err(),
+        "a second Start of an exec must fail"
+    );
+    // Streams nobody asked for, or asked twice, are refused with a reason.
+    assert!(c
+        .open_stream("ctr", "who", StreamKind::Stderr)
+        .await
+        .is_err());
+    assert!(c
+        .open_stream("ctr", "who", StreamKind::Stdout)
+        .await
+        .is_err());
+}
