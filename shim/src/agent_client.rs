@@ -11,10 +11,10 @@ use box_guest_init::api::agent::{
 };
 use box_guest_init::api::events::{read_frame, Event, FrameError};
 use box_guest_init::api::stream::{read_line, LineError, StreamHello, StreamKind};
-use box_guest_init::api::{Port, PROCESS_SPEC_TYPE_URL};
+use box_guest_init::api::{Port, PROCESS_SPEC_TYPE_URL, SPEC_TYPE_URL};
 use containerd_shim_protos::api::{
     CloseIORequest, CreateTaskRequest, DeleteRequest, DeleteResponse, ExecProcessRequest,
-    KillRequest, PidsRequest, ResizePtyRequest, StartRequest, StateRequest, StateResponse,
+    KillRequest, Mount, PidsRequest, ResizePtyRequest, StartRequest, StateRequest, StateResponse,
     WaitRequest, WaitResponse,
 };
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
@@ -127,6 +127,16 @@ impl StdioRequest {
     }
 }
 
+/// One mount of a container's root filesystem, applied by guest-init under the bundle.
+#[derive(Debug, Clone, Default)]
+pub struct RootfsMount {
+    pub fstype: String,
+    pub source: String,
+    /// Relative to the bundle; empty means `rootfs`.
+    pub target: String,
+    pub options: Vec<String>,
+}
+
 /// A connected client. Unary calls share one ttrpc connection; every stream and the events
 /// get their own connection.
 #[derive(Clone)]
@@ -171,13 +181,37 @@ impl GuestClient {
         Ok(())
     }
 
+    /// Creates the container from a bundle that already exists where guest-init runs.
     pub async fn create(
         &self,
         id: &str,
         bundle: &str,
         io: &StdioRequest,
     ) -> Result<u32, ClientError> {
+        self.create_described(id, bundle, io, None, Vec::new())
+            .await
+    }
+
+    /// Creates the container in a bundle guest-init makes: `spec` (an OCI runtime spec) is
+    /// written to its config.json and `rootfs` mounted under it (paths bundle-relative).
+    pub async fn create_described(
+        &self,
+        id: &str,
+        bundle: &str,
+        io: &StdioRequest,
+        spec: Option<&serde_json::Value>,
+        rootfs: Vec<RootfsMount>,
+    ) -> Result<u32, ClientError> {
         let [stdin, stdout, stderr] = io.names(id);
+        let options = match spec {
+            Some(spec) => {
+                let mut any = Any::new();
+                any.type_url = SPEC_TYPE_URL.into();
+                any.value = serde_json::to_vec(spec)?;
+                Some(any)
+            }
+            None => None,
+        };
         let req = CreateTaskRequest {
             id: id.into(),
             bundle: bundle.into(),
@@ -185,6 +219,17 @@ impl GuestClient {
             stdin,
             stdout,
             stderr,
+            options: options.into(),
+            rootfs: rootfs
+                .into_iter()
+                .map(|m| Mount {
+                    type_: m.fstype,
+                    source: m.source,
+                    target: m.target,
+                    options: m.options,
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         };
         Ok(self.task.create(ctx(), &req).await?.pid)

@@ -720,3 +720,82 @@ async fn t12_stdin_close_io_and_the_process_spec_user_cwd_env() {
         .await
         .is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t13_a_described_bundle_gets_its_spec_and_an_overlay_root() {
+    use box_shim::agent_client::RootfsMount;
+    require_host_tier!();
+    let init = HostInit::start(false);
+    let c = init.client().await;
+    let lower = init.dir.join("rootfs");
+    let bundle = init.dir.join("guest-bundles/ovl");
+    let spec = json!({
+        "ociVersion": "1.0.2",
+        "process": {"user": {"uid": 0, "gid": 0}, "args": ["sleep", "100000"], "env": ["PATH=/bin"], "cwd": "/"},
+        "root": {"path": "rootfs"},
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}]
+    });
+    let m = |fstype: &str, source: &str, target: &str, options: &[&str]| RootfsMount {
+        fstype: fstype.into(),
+        source: source.into(),
+        target: target.into(),
+        options: options.iter().map(|s| s.to_string()).collect(),
+    };
+    let rootfs = vec![
+        m("bind", &lower.to_string_lossy(), "lower", &["rbind", "ro"]),
+        m("tmpfs", "tmpfs", "rw", &[]),
+        m(
+            "overlay",
+            "overlay",
+            "",
+            &["lowerdir=lower", "upperdir=rw/upper", "workdir=rw/work"],
+        ),
+    ];
+    c.create_described(
+        "ovl",
+        &bundle.to_string_lossy(),
+        &NO_IO,
+        Some(&spec),
+        rootfs,
+    )
+    .await
+    .expect("create from a described bundle");
+    c.start("ovl", "").await.unwrap();
+    let code = exec_code(
+        &c,
+        "ovl",
+        "w",
+        &[
+            "sh",
+            "-c",
+            "echo new > /made-in-container && test -f /bin/busybox",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(
+        !lower.join("made-in-container").exists(),
+        "writes land in the overlay, not the image"
+    );
+    // A spec that is not a spec, and a mount escaping the bundle, are refused with a reason.
+    let bad = c
+        .create_described(
+            "bad",
+            "/tmp/x",
+            &NO_IO,
+            None,
+            vec![m("tmpfs", "tmpfs", "../../etc", &[])],
+        )
+        .await;
+    let msg = format!("{:?}", bad.unwrap_err());
+    assert!(msg.contains("inside the bundle"), "{msg}");
+    c.kill("ovl", "", 9, false).await.unwrap();
+    c.wait("ovl", "").await.unwrap();
+    c.delete("ovl", "").await.unwrap();
+    let still_mounted =
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", init.init_pid())).unwrap();
+    assert!(
+        !still_mounted.contains("guest-bundles/ovl"),
+        "Delete unmounts the rootfs"
+    );
+}

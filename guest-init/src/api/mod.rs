@@ -57,6 +57,9 @@ pub fn exit_status_code(code: Option<i32>, signal: Option<i32>) -> u32 {
 /// The OCI process spec's type URL in `ExecProcessRequest.spec`, as containerd sends it.
 pub const PROCESS_SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 
+/// The OCI runtime spec's type URL in `CreateTaskRequest.options`.
+pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+
 /// Test knob, host-process mode only: an inherited socket fd on which guest-init reports
 /// `listening\n` once every listener is bound and, when [`HOLD_ENV`] is set, then blocks until
 /// one byte arrives, standing in for a slow boot phase.

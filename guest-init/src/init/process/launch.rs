@@ -103,7 +103,7 @@ pub fn new_root(rootfs: &Path, mounts: &[Mount]) -> Result<RootSetup, LaunchErro
 }
 
 /// OCI mount options split into mount flags and the data string, as runc does.
-fn mount_flags(options: &[String]) -> (libc::c_ulong, String) {
+pub(crate) fn mount_flags(options: &[String]) -> (libc::c_ulong, String) {
     let mut flags: libc::c_ulong = 0;
     let mut data = Vec::new();
     for o in options {

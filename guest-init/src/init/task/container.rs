@@ -34,6 +34,16 @@ pub struct Container {
     mnt_ns: OwnedFd,
     /// `/proc/<pid>/ns/mnt`'s link text, to find every process of the container.
     mnt_ns_id: String,
+    /// Root filesystem mounts guest-init made for this container, undone at Delete.
+    rootfs_mounts: Vec<PathBuf>,
+}
+
+/// What Create carries besides the process: the spec and rootfs when the host cannot write
+/// the bundle itself (see `bundle`).
+#[derive(Default)]
+pub struct CreateRequest {
+    pub spec: Option<containerd_shim_protos::protobuf::well_known_types::any::Any>,
+    pub rootfs: Vec<containerd_shim_protos::api::Mount>,
 }
 
 /// Everything a Create or Exec call asks for, independent of the protobuf types.
@@ -129,7 +139,12 @@ impl Tasks {
             .map_err(|e| TaskError::Internal(e.to_string()))
     }
 
-    pub async fn create(&self, req: ProcessRequest, bundle: &Path) -> Result<u32, TaskError> {
+    pub async fn create(
+        &self,
+        req: ProcessRequest,
+        bundle: &Path,
+        extra: CreateRequest,
+    ) -> Result<u32, TaskError> {
         let id = req.container_id.clone();
         if id.is_empty() || id.contains('/') {
             return Err(TaskError::InvalidArgument(format!(
@@ -139,6 +154,24 @@ impl Tasks {
         if self.map().contains_key(&id) {
             return Err(TaskError::AlreadyExists(format!("container {id:?}")));
         }
+        super::bundle::write_spec(bundle, extra.spec.as_ref())?;
+        let rootfs_mounts = super::bundle::mount_rootfs(bundle, &extra.rootfs)?;
+        let created = self
+            .create_in_bundle(req, bundle, rootfs_mounts.clone())
+            .await;
+        if created.is_err() {
+            super::bundle::unmount_all(&rootfs_mounts);
+        }
+        created
+    }
+
+    async fn create_in_bundle(
+        &self,
+        req: ProcessRequest,
+        bundle: &Path,
+        rootfs_mounts: Vec<PathBuf>,
+    ) -> Result<u32, TaskError> {
+        let id = req.container_id.clone();
         let spec = Spec::load(bundle.join("config.json")).map_err(|e| {
             TaskError::InvalidArgument(format!("bundle {}: config.json: {e}", bundle.display()))
         })?;
@@ -201,6 +234,7 @@ impl Tasks {
             execs: Mutex::default(),
             mnt_ns,
             mnt_ns_id: link.to_string_lossy().into_owned(),
+            rootfs_mounts,
         });
         self.map().insert(id, container);
         Ok(pid.as_raw() as u32)
@@ -340,6 +374,7 @@ impl Tasks {
         };
         if exec_id.is_empty() {
             self.map().remove(id);
+            super::bundle::unmount_all(&c.rootfs_mounts);
         } else {
             c.execs
                 .lock()

@@ -1,11 +1,12 @@
 //! containerd's Task API over the container and its processes: [`Tasks`] holds the state
 //! and does the work, [`service`] is the thin ttrpc edge.
 
+mod bundle;
 mod container;
 mod process;
 pub mod service;
 
-pub use container::Tasks;
+pub use container::{CreateRequest, Tasks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {

@@ -14,7 +14,7 @@ use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
 use containerd_shim_protos::shim_async::Task;
 use ttrpc::r#async::TtrpcContext;
 
-use super::container::{ProcessRequest, Tasks};
+use super::container::{CreateRequest, ProcessRequest, Tasks};
 use super::process::Phase;
 use super::TaskError;
 use crate::api::PROCESS_SPEC_TYPE_URL;
@@ -35,7 +35,11 @@ impl Task for TaskService {
             terminal: req.terminal,
             io_names: [req.stdin.clone(), req.stdout.clone(), req.stderr.clone()],
         };
-        let pid = self.0.create(pr, Path::new(&req.bundle)).await?;
+        let extra = CreateRequest {
+            spec: req.options.clone().into_option(),
+            rootfs: req.rootfs.clone(),
+        };
+        let pid = self.0.create(pr, Path::new(&req.bundle), extra).await?;
         Ok(CreateTaskResponse {
             pid,
             ..Default::default()
