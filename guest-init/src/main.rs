@@ -17,6 +17,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // The serial console is a tty, yet the host keeps its tail as an error reason:
+        // plain text only.
+        .with_ansi(false)
         .init();
     let config = match Config::parse(std::env::args(), |k| std::env::var(k).ok()) {
         Ok(c) => c,
