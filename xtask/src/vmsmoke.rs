@@ -1,0 +1,126 @@
+//! `cargo xtask vm-smoke`: guest-init in VM mode, in a real microVM, end to end.
+//!
+//! Inside an L1 node ([`node::run_in_node`]) qemu boots an L2 microVM (`-M microvm`, KVM) from
+//! the stock guest kernel and our initramfs, with a virtio-mmio vsock device
+//! (`vhost-vsock-device`, backed by L1's `/dev/vhost-vsock`). qemu describes its virtio-mmio
+//! devices in ACPI (LNRO0005 in the DSDT), which the stock kernel reads once box-init has loaded
+//! `virtio_mmio`. From L1, `vsock-health` (tests/src/bin) connects to guest CID 3 port 1024 over
+//! AF_VSOCK and calls Agent.Health, then Agent.Shutdown; qemu must then exit on its own (the
+//! guest powered off). box-vmm replaces qemu here once it has its hybrid vsock.
+
+use crate::node::{self, NodeSpec};
+use crate::{images, paths, util};
+use anyhow::{bail, Context, Result};
+use std::time::{Duration, Instant};
+
+/// Where the L2 initramfs sits inside L1.
+const L2_INITRD: &str = "/box/l2/initramfs.cpio";
+const GUEST_CID: u32 = 3;
+/// The L2 command line. No `quiet`: the console is the evidence.
+const L2_CMDLINE: &str = "console=ttyS0 panic=-1";
+
+/// The result lines the script prints; the smoke test passes only if all appear.
+const HEALTH_OK: &str = "vsock-health: health ok";
+const SHUTDOWN_OK: &str = "vsock-health: shutdown accepted";
+const QEMU_EXITED_0: &str = "vm-smoke: qemu exited 0";
+
+/// `cargo xtask vm-smoke`.
+pub fn cmd() -> Result<()> {
+    let t0 = Instant::now();
+    vm_smoke()?;
+    println!(
+        "xtask vm-smoke: passed ({:.1} s in all)",
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Boots guest-init as PID 1 of a real L2 microVM and checks it answers Health and Shutdown
+/// over vsock, and that the guest then powers off.
+pub fn vm_smoke() -> Result<()> {
+    let kernel = crate::kernel::fetch()?;
+    let init = crate::ci::build_static_init()?;
+    let (initramfs, modules) = images::initramfs(&kernel, &init)?;
+    eprintln!(
+        "xtask vm-smoke: initramfs {} ({} modules)",
+        initramfs.display(),
+        modules.len()
+    );
+    let client = build_client()?;
+
+    let mut spec = NodeSpec::new(script());
+    spec.bins = vec![client];
+    spec.files = vec![(initramfs, L2_INITRD.to_string())];
+    spec.timeout = Duration::from_secs(600);
+    spec.stream = true;
+    let out = node::run_in_node(&spec)?;
+    let lines: Vec<&str> = out.console.lines().collect();
+    let has = |needle: &str| lines.iter().any(|l| l.contains(needle));
+    eprintln!(
+        "xtask vm-smoke: L1 boot {:.1} s, node total {:.1} s",
+        out.boot_time.as_secs_f64(),
+        out.run_time.as_secs_f64()
+    );
+    let missing: Vec<&str> = [HEALTH_OK, SHUTDOWN_OK, QEMU_EXITED_0]
+        .into_iter()
+        .filter(|n| !has(n))
+        .collect();
+    if out.exit_code != 0 || !missing.is_empty() {
+        bail!(
+            "the VM smoke test failed (script exit {}); missing: {}",
+            out.exit_code,
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The host-side test client, built for this host (L1 gets its shared libraries via `--bin`).
+fn build_client() -> Result<std::path::PathBuf> {
+    util::run(util::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "box-tests",
+        "--bin",
+        "vsock-health",
+    ]))
+    .context("building vsock-health")?;
+    Ok(paths::target_dir().join("release/vsock-health"))
+}
+
+/// The L1 script: start qemu in the background, drive the guest over vsock, wait for qemu to
+/// exit, print the L2 console. Every check prints one `vm-smoke:` line.
+fn script() -> String {
+    format!(
+        r#"up() {{ cut -d' ' -f1 /proc/uptime; }}
+if [ ! -c /dev/vhost-vsock ]; then echo "vm-smoke: FAIL: no /dev/vhost-vsock in L1"; exit 1; fi
+t0=$(up)
+echo "vm-smoke: L1 uptime $t0 s: starting qemu (L2)"
+qemu-system-x86_64 -M microvm,x-option-roms=off,rtc=on,acpi=on -enable-kvm -cpu host \
+  -smp 1 -m 256 -nodefaults -no-user-config -display none -no-reboot \
+  -serial file:/tmp/l2-console.log \
+  -kernel "$BOX_KERNEL" -initrd {L2_INITRD} -append "{L2_CMDLINE}" \
+  -device vhost-vsock-device,guest-cid={GUEST_CID} \
+  >/tmp/qemu.out 2>&1 &
+qpid=$!
+vsock-health {GUEST_CID} --deadline 240 --shutdown
+hrc=$?
+echo "vm-smoke: L1 uptime $(up) s: vsock-health exit $hrc"
+n=0
+while kill -0 $qpid 2>/dev/null && [ $n -lt 600 ]; do sleep 0.1; n=$((n+1)); done
+if kill -0 $qpid 2>/dev/null; then
+  echo "vm-smoke: FAIL: qemu still running 60 s after the health client finished; killing it"
+  kill -9 $qpid
+fi
+wait $qpid
+qrc=$?
+echo "vm-smoke: qemu exited $qrc at L1 uptime $(up) s (started at $t0)"
+echo "vm-smoke: ---- L2 console ----"
+sed 's/^/L2| /' /tmp/l2-console.log
+echo "vm-smoke: ---- qemu output ----"
+sed 's/^/qemu| /' /tmp/qemu.out
+[ $hrc -eq 0 ] && [ $qrc -eq 0 ]
+"#
+    )
+}
