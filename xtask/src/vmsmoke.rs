@@ -124,3 +124,27 @@ sed 's/^/qemu| /' /tmp/qemu.out
 "#
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole smoke test: builds box-init and vsock-health, boots L1 and L2 (~3 min cold,
+    /// ~30 s warm). `cargo test -p xtask -- --ignored`
+    #[test]
+    #[ignore = "boots an L1 node under qemu TCG and an L2 microVM in it"]
+    fn guest_init_answers_health_and_shutdown_in_a_real_microvm() {
+        vm_smoke().unwrap();
+    }
+
+    #[test]
+    fn the_script_checks_what_vm_smoke_looks_for() {
+        let s = script();
+        // The pass lines come from the script and the client, not from the harness.
+        assert!(s.contains("vm-smoke: qemu exited $qrc"));
+        assert!(s.contains("--shutdown"));
+        assert!(s.contains(&format!("vhost-vsock-device,guest-cid={GUEST_CID}")));
+        assert!(s.contains(L2_INITRD));
+        assert!(QEMU_EXITED_0.starts_with("vm-smoke: qemu exited"));
+    }
+}
