@@ -111,7 +111,7 @@ fn initramfs_tree(k: &Kernel, init: &Path) -> Result<(Tree, Vec<String>)> {
 }
 
 /// The busybox OCI layout and ext4 image, rebuilt when the package version changes.
-fn busybox_images() -> Result<(PathBuf, PathBuf)> {
+pub fn busybox_images() -> Result<(PathBuf, PathBuf)> {
     let cache = paths::images_dir().join("rootfs");
     let version = candidate_version(BUSYBOX_PACKAGE, &cache)?;
     // No `:` (the epoch) in the path: qemu options and `--file SRC:DEST` split on it.

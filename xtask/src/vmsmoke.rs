@@ -6,7 +6,9 @@
 //! devices in ACPI (LNRO0005 in the DSDT), which the stock kernel reads once box-init has loaded
 //! `virtio_mmio`. From L1, `vsock-health` (tests/src/bin) connects to guest CID 3 port 1024 over
 //! AF_VSOCK and calls Agent.Health, then Agent.Shutdown; qemu must then exit on its own (the
-//! guest powered off). box-vmm replaces qemu here once it has its hybrid vsock.
+//! guest powered off). The busybox ext4 image rides along as a read-only virtio-blk disk, and
+//! the L2 kernel must report it as `vda` (found the same way, through ACPI). box-vmm replaces
+//! qemu here once it has its hybrid vsock.
 
 use crate::node::{self, NodeSpec};
 use crate::{images, paths, util};
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 
 /// Where the L2 initramfs sits inside L1.
 const L2_INITRD: &str = "/box/l2/initramfs.cpio";
+const L2_DISK: &str = "/box/l2/rootfs.ext4";
 const GUEST_CID: u32 = 3;
 /// The L2 command line. No `quiet`: the console is the evidence.
 const L2_CMDLINE: &str = "console=ttyS0 panic=-1";
@@ -23,6 +26,7 @@ const L2_CMDLINE: &str = "console=ttyS0 panic=-1";
 const HEALTH_OK: &str = "vsock-health: health ok";
 const SHUTDOWN_OK: &str = "vsock-health: shutdown accepted";
 const QEMU_EXITED_0: &str = "vm-smoke: qemu exited 0";
+const DISK_SEEN: &str = "vm-smoke: L2 kernel found its virtio-blk disk";
 
 /// `cargo xtask vm-smoke`.
 pub fn cmd() -> Result<()> {
@@ -46,11 +50,15 @@ pub fn vm_smoke() -> Result<()> {
         initramfs.display(),
         modules.len()
     );
+    let (_, disk) = images::busybox_images()?;
     let client = build_client()?;
 
     let mut spec = NodeSpec::new(script());
     spec.bins = vec![client];
-    spec.files = vec![(initramfs, L2_INITRD.to_string())];
+    spec.files = vec![
+        (initramfs, L2_INITRD.to_string()),
+        (disk, L2_DISK.to_string()),
+    ];
     spec.timeout = Duration::from_secs(600);
     spec.stream = true;
     let out = node::run_in_node(&spec)?;
@@ -61,7 +69,7 @@ pub fn vm_smoke() -> Result<()> {
         out.boot_time.as_secs_f64(),
         out.run_time.as_secs_f64()
     );
-    let missing: Vec<&str> = [HEALTH_OK, SHUTDOWN_OK, QEMU_EXITED_0]
+    let missing: Vec<&str> = [HEALTH_OK, SHUTDOWN_OK, QEMU_EXITED_0, DISK_SEEN]
         .into_iter()
         .filter(|n| !has(n))
         .collect();
@@ -102,6 +110,8 @@ qemu-system-x86_64 -M microvm,x-option-roms=off,rtc=on,acpi=on -enable-kvm -cpu 
   -serial file:/tmp/l2-console.log \
   -kernel "$BOX_KERNEL" -initrd {L2_INITRD} -append "{L2_CMDLINE}" \
   -device vhost-vsock-device,guest-cid={GUEST_CID} \
+  -drive file={L2_DISK},if=none,id=rootfs,format=raw,readonly=on \
+  -device virtio-blk-device,drive=rootfs \
   >/tmp/qemu.out 2>&1 &
 qpid=$!
 vsock-health {GUEST_CID} --deadline 240 --shutdown
@@ -116,11 +126,13 @@ fi
 wait $qpid
 qrc=$?
 echo "vm-smoke: qemu exited $qrc at L1 uptime $(up) s (started at $t0)"
+disk=$(grep -o 'virtio_blk.*\[vda\].*' /tmp/l2-console.log | head -1)
+if [ -n "$disk" ]; then echo "{DISK_SEEN}: $disk"; else echo "vm-smoke: FAIL: no vda in the L2 console"; fi
 echo "vm-smoke: ---- L2 console ----"
 sed 's/^/L2| /' /tmp/l2-console.log
 echo "vm-smoke: ---- qemu output ----"
 sed 's/^/qemu| /' /tmp/qemu.out
-[ $hrc -eq 0 ] && [ $qrc -eq 0 ]
+[ $hrc -eq 0 ] && [ $qrc -eq 0 ] && [ -n "$disk" ]
 "#
     )
 }
