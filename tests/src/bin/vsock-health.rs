@@ -50,12 +50,36 @@ fn parse() -> Result<Args, String> {
     })
 }
 
-/// Connects to the control port, retrying until `deadline`; returns the stream and how many
-/// attempts it took.
-async fn connect(cid: u32, deadline: Instant) -> Result<(VsockStream, u32), String> {
+/// How the failed attempts failed, in order of first appearance, with counts: tells apart
+/// "no device yet" (timeouts), "no listener yet" (resets) and the like.
+#[derive(Default)]
+struct Failures(Vec<(String, u32)>);
+
+impl Failures {
+    fn add(&mut self, what: String) {
+        match self.0.iter_mut().find(|(w, _)| *w == what) {
+            Some((_, n)) => *n += 1,
+            None => self.0.push((what, 1)),
+        }
+    }
+}
+
+impl std::fmt::Display for Failures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return write!(f, "none");
+        }
+        let parts: Vec<String> = self.0.iter().map(|(w, n)| format!("{w} x{n}")).collect();
+        write!(f, "{}", parts.join(", "))
+    }
+}
+
+/// Connects to the control port, retrying until `deadline`; returns the stream, how many
+/// attempts it took, and how the others failed.
+async fn connect(cid: u32, deadline: Instant) -> Result<(VsockStream, u32, Failures), String> {
     let port = Port::Control.vsock_port();
     let mut attempts = 0;
-    let mut last = String::from("no attempt");
+    let mut failures = Failures::default();
     while Instant::now() < deadline {
         attempts += 1;
         let left = deadline.saturating_duration_since(Instant::now());
@@ -65,14 +89,14 @@ async fn connect(cid: u32, deadline: Instant) -> Result<(VsockStream, u32), Stri
         )
         .await
         {
-            Ok(Ok(s)) => return Ok((s, attempts)),
-            Ok(Err(e)) => last = e.to_string(),
-            Err(_) => last = "attempt timed out".into(),
+            Ok(Ok(s)) => return Ok((s, attempts, failures)),
+            Ok(Err(e)) => failures.add(e.to_string()),
+            Err(_) => failures.add(format!("no answer in {} s", ATTEMPT.as_secs())),
         }
         tokio::time::sleep(RETRY_PAUSE).await;
     }
     Err(format!(
-        "no connection to cid {cid} port {port} after {attempts} attempts (last: {last})"
+        "no connection to cid {cid} port {port} after {attempts} attempts (failures: {failures})"
     ))
 }
 
@@ -82,9 +106,9 @@ fn ctx() -> ttrpc::context::Context {
 
 async fn run(a: Args) -> Result<(), String> {
     let t0 = Instant::now();
-    let (stream, attempts) = connect(a.cid, t0 + a.deadline).await?;
+    let (stream, attempts, failures) = connect(a.cid, t0 + a.deadline).await?;
     println!(
-        "vsock-health: connected to cid {} port {} after {attempts} attempt(s), {} ms",
+        "vsock-health: connected to cid {} port {} after {attempts} attempt(s), {} ms; earlier attempts: {failures}",
         a.cid,
         Port::Control.vsock_port(),
         t0.elapsed().as_millis()
