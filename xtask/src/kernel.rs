@@ -106,7 +106,7 @@ fn resolve_cached(cache: &Path) -> Result<(String, String)> {
     Ok((package, version))
 }
 
-fn lists_stamp() -> Option<String> {
+pub fn lists_stamp() -> Option<String> {
     let t = fs::metadata(APT_LISTS).and_then(|m| m.modified()).ok()?;
     let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
     Some(d.as_nanos().to_string())

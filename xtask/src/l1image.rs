@@ -6,6 +6,7 @@
 
 use crate::host::{self, BUSYBOX};
 use crate::kernel::Kernel;
+use crate::kmod;
 use crate::tree::Tree;
 use anyhow::{Context, Result};
 use std::fs;
@@ -17,12 +18,24 @@ pub const L1_MODULES_DIR: &str = "/box/l1-modules";
 pub const CMD_FILE: &str = "/box/cmd";
 pub const BIN_DIR: &str = "/usr/local/bin";
 
-/// Loaded in this order at L1 boot: kvm needs irqbypass, kvm-amd needs kvm.
-pub const KVM_MODULES: &[(&str, &str)] = &[
-    ("irqbypass", "kernel/virt/lib/irqbypass.ko"),
-    ("kvm", "kernel/arch/x86/kvm/kvm.ko"),
-    ("kvm-amd", "kernel/arch/x86/kvm/kvm-amd.ko"),
-];
+/// What L1 loads at boot, by name; [`l1_modules`] adds their dependencies in load order.
+/// kvm-amd gives L1 a real /dev/kvm; vhost_vsock gives it /dev/vhost-vsock, so qemu can give an
+/// L2 guest a vsock device that L1 processes reach over AF_VSOCK.
+pub const L1_MODULE_NAMES: &[&str] = &["kvm_amd", "vhost_vsock"];
+
+/// L1's modules in load order: (canonical name, path relative to `lib/modules/<release>`).
+pub fn l1_modules(k: &Kernel) -> Result<Vec<(String, PathBuf)>> {
+    kmod::resolve(&k.modules, L1_MODULE_NAMES)?
+        .into_iter()
+        .map(|rel| {
+            let name = rel
+                .file_stem()
+                .map(|s| kmod::canonical(&s.to_string_lossy()))
+                .with_context(|| format!("module path {}", rel.display()))?;
+            Ok((name, rel))
+        })
+        .collect()
+}
 
 /// The guest's share of the kernel's modules, relative to `lib/modules/<release>`: virtio-mmio
 /// transport, block, net, console, rng, vsock, and the filesystems a container root may use.
@@ -95,9 +108,12 @@ fn base_tree(k: &Kernel) -> Result<Tree> {
     t.file("bin/busybox", Path::new(BUSYBOX))?;
     t.bytes("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644);
     t.bytes("etc/group", "root:x:0:\nkvm:x:36:\n", 0o644);
-    for (name, rel) in KVM_MODULES {
-        t.file(&format!("{L1_MODULES_DIR}/{name}.ko"), &k.modules.join(rel))
-            .with_context(|| format!("the L1 node needs {name}.ko from {}", k.package))?;
+    for (name, rel) in l1_modules(k)? {
+        t.file(
+            &format!("{L1_MODULES_DIR}/{name}.ko"),
+            &k.modules.join(&rel),
+        )
+        .with_context(|| format!("the L1 node needs {name}.ko from {}", k.package))?;
     }
     let g = guest_kernel(k);
     t.file(&g.bzimage, &k.bzimage)?;

@@ -1,7 +1,7 @@
 //! The L1 node's /init, and the marker lines it prints so the host knows where the command's
 //! output starts and ends and how the command exited.
 
-use crate::l1image::{GuestKernel, BIN_DIR, CMD_FILE, KVM_MODULES, L1_MODULES_DIR};
+use crate::l1image::{GuestKernel, BIN_DIR, CMD_FILE, L1_MODULES_DIR};
 
 /// The marker lines' shared prefix. The nonce makes them unforgeable by accident: a command
 /// whose output happens to contain "BOX-NODE" (or that prints /init) does not end the run.
@@ -31,10 +31,11 @@ pub fn parse<'a>(line: &'a str, prefix: &str) -> Option<(&'a str, Marker)> {
 
 /// Generates /init. Runs as PID 1 under busybox sh; anything it cannot do is reported on the
 /// console and left for the command to trip over, so the run still ends with a marker.
-pub fn script(nonce: &str, g: &GuestKernel) -> String {
+/// `modules`: L1's module names in load order, as [`crate::l1image::l1_modules`] gives them.
+pub fn script(nonce: &str, g: &GuestKernel, modules: &[String]) -> String {
     let m = marker_prefix(nonce);
     let mut insmods = String::new();
-    for (name, _) in KVM_MODULES {
+    for name in modules {
         insmods.push_str(&format!(
             "$B insmod {L1_MODULES_DIR}/{name}.ko || $B echo \"box-node: insmod {name} failed\"\n"
         ));

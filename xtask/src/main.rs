@@ -3,13 +3,17 @@
 mod ci;
 mod cpio;
 mod host;
+mod images;
 mod kernel;
+mod kmod;
 mod l1image;
 mod l1init;
 mod node;
+mod oci;
 mod paths;
 mod tree;
 mod util;
+mod vmsmoke;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -35,6 +39,11 @@ enum Cmd {
     },
     /// Fetch (or find cached) Debian's cloud kernel for guests and print its paths.
     Kernel,
+    /// Build (or find cached) the guest kernel, initramfs and busybox test image; print paths.
+    Images,
+    /// Boot guest-init as PID 1 of a real microVM (qemu, in an L1 node) and check it answers
+    /// Agent.Health and Agent.Shutdown over vsock and then powers the guest off.
+    VmSmoke,
 }
 
 fn main() -> Result<()> {
@@ -54,5 +63,7 @@ fn main() -> Result<()> {
             }
         },
         Cmd::Kernel => kernel::cmd(),
+        Cmd::Images => images::cmd(),
+        Cmd::VmSmoke => vmsmoke::cmd(),
     }
 }

@@ -138,7 +138,11 @@ pub fn run_in_node(spec: &NodeSpec) -> Result<NodeOutcome> {
 
     remove_stale(&dir);
     let nonce = nonce();
-    let init = l1init::script(&nonce, &l1image::guest_kernel(&kernel));
+    let modules: Vec<String> = l1image::l1_modules(&kernel)?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let init = l1init::script(&nonce, &l1image::guest_kernel(&kernel), &modules);
     let pid = std::process::id();
     let segment = TempFile(dir.join(format!("run-{pid}.cpio")));
     let initrd = TempFile(dir.join(format!("initrd-{pid}.img")));

@@ -1,0 +1,266 @@
+//! Kernel modules out of an unpacked Debian kernel package: finding them by name, reading their
+//! dependencies from the `.modinfo` ELF section (the package ships no `modules.dep`, and the
+//! host may have no `modinfo`), and ordering them so every module follows its dependencies.
+
+use anyhow::{bail, Context, Result};
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// A module's canonical name: the kernel treats `-` and `_` alike and reports `_`.
+pub fn canonical(name: &str) -> String {
+    name.replace('-', "_")
+}
+
+/// Every `.ko` under `modules_dir` (`lib/modules/<release>`), by canonical name, with its path
+/// relative to `modules_dir`.
+pub fn index(modules_dir: &Path) -> Result<BTreeMap<String, PathBuf>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![modules_dir.join("kernel")];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let e = e?;
+            let p = e.path();
+            if e.file_type()?.is_dir() {
+                stack.push(p);
+            } else if let Some(stem) = p.file_name().and_then(|n| n.to_str()?.strip_suffix(".ko")) {
+                let rel = p.strip_prefix(modules_dir)?.to_path_buf();
+                out.insert(canonical(stem), rel);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The `depends=` field of a module's `.modinfo` section: the modules it needs loaded first.
+pub fn depends(ko: &[u8]) -> Result<Vec<String>> {
+    let modinfo = section(ko, ".modinfo")?.context("no .modinfo section")?;
+    Ok(modinfo
+        .split(|b| *b == 0)
+        .filter_map(|f| f.strip_prefix(b"depends="))
+        .flat_map(|v| v.split(|b| *b == b','))
+        .filter(|d| !d.is_empty())
+        .map(|d| canonical(&String::from_utf8_lossy(d)))
+        .collect())
+}
+
+/// The contents of the named section of a 64-bit little-endian ELF file.
+fn section<'a>(elf: &'a [u8], name: &str) -> Result<Option<&'a [u8]>> {
+    if elf.get(..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
+        bail!("not a 64-bit little-endian ELF file");
+    }
+    let num = |o: usize, n: usize| -> Result<usize> {
+        let b = elf.get(o..o + n).context("truncated ELF")?;
+        Ok(b.iter()
+            .rev()
+            .fold(0usize, |a, &x| (a << 8) | usize::from(x)))
+    };
+    let (shoff, shentsize, shnum, shstrndx) =
+        (num(0x28, 8)?, num(0x3a, 2)?, num(0x3c, 2)?, num(0x3e, 2)?);
+    let header = |i: usize| -> Result<(usize, usize, usize)> {
+        let h = shoff + i * shentsize;
+        // sh_name, sh_offset, sh_size
+        Ok((num(h, 4)?, num(h + 0x18, 8)?, num(h + 0x20, 8)?))
+    };
+    let (_, stroff, strsize) = header(shstrndx)?;
+    let strtab = elf.get(stroff..stroff + strsize).context("truncated ELF")?;
+    for i in 0..shnum {
+        let (name_off, off, size) = header(i)?;
+        let sname = strtab.get(name_off..).unwrap_or_default();
+        let sname = &sname[..sname.iter().position(|b| *b == 0).unwrap_or(sname.len())];
+        if sname == name.as_bytes() {
+            return Ok(Some(elf.get(off..off + size).context("truncated ELF")?));
+        }
+    }
+    Ok(None)
+}
+
+/// `wanted` and everything they depend on, each after its dependencies; among independent
+/// modules the order of `wanted` is kept. `deps` gives a module's direct dependencies.
+pub fn load_order(
+    wanted: &[&str],
+    mut deps: impl FnMut(&str) -> Result<Vec<String>>,
+) -> Result<Vec<String>> {
+    fn visit(
+        m: &str,
+        deps: &mut dyn FnMut(&str) -> Result<Vec<String>>,
+        done: &mut HashSet<String>,
+        path: &mut Vec<String>,
+        out: &mut Vec<String>,
+    ) -> Result<()> {
+        if done.contains(m) {
+            return Ok(());
+        }
+        if path.iter().any(|p| p == m) {
+            bail!("module dependency cycle: {} -> {m}", path.join(" -> "));
+        }
+        path.push(m.to_string());
+        for d in deps(m).with_context(|| format!("dependencies of {m}"))? {
+            visit(&d, deps, done, path, out)?;
+        }
+        path.pop();
+        done.insert(m.to_string());
+        out.push(m.to_string());
+        Ok(())
+    }
+    let (mut done, mut out) = (HashSet::new(), Vec::new());
+    for m in wanted {
+        visit(
+            &canonical(m),
+            &mut deps,
+            &mut done,
+            &mut Vec::new(),
+            &mut out,
+        )?;
+    }
+    Ok(out)
+}
+
+/// [`load_order`] over a real kernel's modules: the relative paths of `wanted` and their
+/// dependencies, in load order.
+pub fn resolve(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<PathBuf>> {
+    let idx = index(modules_dir)?;
+    let path_of = |m: &str| -> Result<&PathBuf> {
+        idx.get(m)
+            .with_context(|| format!("no module {m} under {}", modules_dir.display()))
+    };
+    let order = load_order(wanted, |m| {
+        let p = modules_dir.join(path_of(m)?);
+        depends(&fs::read(&p).with_context(|| format!("reading {}", p.display()))?)
+    })?;
+    order.iter().map(|m| path_of(m).cloned()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn graph(m: &str) -> Result<Vec<String>> {
+        let d: &[&str] = match m {
+            "virtio" => &["virtio_ring"],
+            "virtio_mmio" | "virtio_blk" => &["virtio", "virtio_ring"],
+            "vmw_vsock_virtio_transport_common" => &["vsock"],
+            "vmw_vsock_virtio_transport" => &[
+                "virtio",
+                "vmw_vsock_virtio_transport_common",
+                "virtio_ring",
+                "vsock",
+            ],
+            "a" => &["b"],
+            "b" => &["a"],
+            _ => &[],
+        };
+        Ok(d.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn dependencies_come_first_and_each_module_once() {
+        let order = load_order(
+            &[
+                "virtio",
+                "virtio-mmio",
+                "virtio_blk",
+                "vmw_vsock_virtio_transport",
+                "overlay",
+            ],
+            graph,
+        )
+        .unwrap();
+        assert_eq!(
+            order,
+            [
+                "virtio_ring",
+                "virtio",
+                "virtio_mmio",
+                "virtio_blk",
+                "vsock",
+                "vmw_vsock_virtio_transport_common",
+                "vmw_vsock_virtio_transport",
+                "overlay"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_cycle_is_an_error_not_a_hang() {
+        let err = load_order(&["a"], graph).unwrap_err();
+        assert!(format!("{err:#}").contains("cycle"), "{err:#}");
+    }
+
+    /// A minimal ELF64 with a section header table holding `.shstrtab` and `.modinfo`.
+    fn fake_ko(modinfo: &[u8]) -> Vec<u8> {
+        let shstrtab = b"\0.shstrtab\0.modinfo\0";
+        let mut elf = vec![0u8; 64];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        let strtab_off = elf.len();
+        elf.extend_from_slice(shstrtab);
+        let modinfo_off = elf.len();
+        elf.extend_from_slice(modinfo);
+        while !elf.len().is_multiple_of(8) {
+            elf.push(0);
+        }
+        let shoff = elf.len();
+        let mut sh = |name: u32, off: usize, size: usize| {
+            let mut h = vec![0u8; 64];
+            h[..4].copy_from_slice(&name.to_le_bytes());
+            h[0x18..0x20].copy_from_slice(&(off as u64).to_le_bytes());
+            h[0x20..0x28].copy_from_slice(&(size as u64).to_le_bytes());
+            elf.extend_from_slice(&h);
+        };
+        sh(0, 0, 0);
+        sh(1, strtab_off, shstrtab.len());
+        sh(11, modinfo_off, modinfo.len());
+        elf[0x28..0x30].copy_from_slice(&(shoff as u64).to_le_bytes());
+        elf[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
+        elf[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
+        elf[0x3e..0x40].copy_from_slice(&1u16.to_le_bytes());
+        elf
+    }
+
+    #[test]
+    fn depends_is_read_from_the_modinfo_section() {
+        let ko = fake_ko(b"license=GPL\0depends=virtio,virtio-ring\0vermagic=6.1\0");
+        assert_eq!(depends(&ko).unwrap(), ["virtio", "virtio_ring"]);
+        let ko = fake_ko(b"license=GPL\0depends=\0");
+        assert!(depends(&ko).unwrap().is_empty());
+        assert!(depends(b"not an elf").is_err());
+    }
+
+    /// Against the real Debian kernel package (fetched with apt): every guest and L1 module
+    /// resolves, and known dependencies come first. `cargo test -p xtask -- --ignored`
+    #[test]
+    #[ignore = "needs the kernel package (apt-get download)"]
+    fn real_kernel_modules_resolve_in_dependency_order() {
+        let k = crate::kernel::fetch().unwrap();
+        let names = |wanted: &[&str]| -> Vec<String> {
+            resolve(&k.modules, wanted)
+                .unwrap()
+                .iter()
+                .map(|p| canonical(&p.file_stem().unwrap().to_string_lossy()))
+                .collect()
+        };
+        let before = |v: &[String], a: &str, b: &str| {
+            let pos = |m: &str| {
+                v.iter()
+                    .position(|x| x == m)
+                    .unwrap_or_else(|| panic!("{m} missing from {v:?}"))
+            };
+            assert!(pos(a) < pos(b), "{a} must load before {b}: {v:?}");
+        };
+        let guest = names(crate::images::GUEST_MODULES);
+        before(&guest, "virtio_ring", "virtio");
+        before(&guest, "virtio", "virtio_mmio");
+        before(&guest, "vsock", "vmw_vsock_virtio_transport_common");
+        before(
+            &guest,
+            "vmw_vsock_virtio_transport_common",
+            "vmw_vsock_virtio_transport",
+        );
+        let l1 = names(crate::l1image::L1_MODULE_NAMES);
+        before(&l1, "irqbypass", "kvm");
+        before(&l1, "kvm", "kvm_amd");
+        before(&l1, "vhost_iotlb", "vhost");
+        before(&l1, "vhost", "vhost_vsock");
+        before(&l1, "vsock", "vhost_vsock");
+    }
+}
