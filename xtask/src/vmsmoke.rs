@@ -85,16 +85,10 @@ pub fn vm_smoke() -> Result<()> {
 
 /// The host-side test client, built for this host (L1 gets its shared libraries via `--bin`).
 fn build_client() -> Result<std::path::PathBuf> {
-    util::run(util::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "box-tests",
-        "--bin",
-        "vsock-health",
-    ]))
-    .context("building vsock-health")?;
-    Ok(paths::target_dir().join("release/vsock-health"))
+    // A debug build: `cargo xtask ci` has just built the workspace that way.
+    util::run(util::cargo().args(["build", "-p", "box-tests", "--bin", "vsock-health"]))
+        .context("building vsock-health")?;
+    Ok(paths::target_dir().join("debug/vsock-health"))
 }
 
 /// The L1 script: start qemu in the background, drive the guest over vsock, wait for qemu to
