@@ -655,13 +655,16 @@ async fn t12_stdin_close_io_and_the_process_spec_user_cwd_env() {
         .await
         .unwrap();
     c.start("ctr", "cat").await.unwrap();
-    stdin.write_all(b"abc\n").await.unwrap();
+    // 1 MiB: more than the socket buffers hold, so some of it is still in flight when
+    // CloseIO arrives, and must still reach `cat` before its EOF.
+    let sent = seq_bytes(200_000, 1 << 20);
+    let reader =
+        tokio::spawn(async move { tokio::time::timeout(BACKSTOP, read_all(stdout)).await });
+    stdin.write_all(&sent).await.unwrap();
     stdin.flush().await.unwrap();
     c.close_stdin("ctr", "cat").await.unwrap();
-    let out = tokio::time::timeout(BACKSTOP, read_all(stdout))
-        .await
-        .expect("cat ends after CloseIO");
-    assert_eq!(out, b"abc\n");
+    let out = reader.await.unwrap().expect("cat ends after CloseIO");
+    assert!(out == sent, "cat got {} of {} bytes", out.len(), sent.len());
     assert_eq!(c.wait("ctr", "cat").await.unwrap().exit_status, 0);
 
     // The host half-closing the stdin connection is EOF too.
@@ -798,4 +801,54 @@ async fn t13_a_described_bundle_gets_its_spec_and_an_overlay_root() {
         !still_mounted.contains("guest-bundles/ovl"),
         "Delete unmounts the rootfs"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t14_killed_before_start_and_delete_ends_the_container() {
+    require_host_tier!();
+    let init = HostInit::start(false);
+    let c = init.client().await;
+    // Killed while created (never started): Wait still returns, and Start is refused.
+    let b = init.bundle("never", &["sleep", "100000"], false);
+    c.create("never", &b, &NO_IO).await.unwrap();
+    c.kill("never", "", 9, false).await.unwrap();
+    let w = tokio::time::timeout(BACKSTOP, c.wait("never", ""))
+        .await
+        .expect("Wait of a never-started process");
+    assert_eq!(w.unwrap().exit_status, 137);
+    assert!(c.start("never", "").await.is_err());
+    c.delete("never", "").await.unwrap();
+    assert!(
+        c.state("never", "").await.is_err(),
+        "deleted containers are gone"
+    );
+
+    // Deleting a container whose main process exited takes its remaining processes along.
+    sleeping_container(&init, &c, "ctr").await;
+    c.exec("ctr", "bg", &process(&["sleep", "100000"], false), &NO_IO)
+        .await
+        .unwrap();
+    c.start("ctr", "bg").await.unwrap();
+    c.kill("ctr", "", 9, false).await.unwrap();
+    assert_eq!(c.wait("ctr", "").await.unwrap().exit_status, 137);
+    assert!(
+        c.delete("ctr", "bg").await.is_err(),
+        "a running exec cannot be deleted"
+    );
+    let mut events = c.events().await.unwrap();
+    c.delete("ctr", "").await.unwrap();
+    loop {
+        match tokio::time::timeout(BACKSTOP, events.next())
+            .await
+            .expect("exec exit")
+            .unwrap()
+        {
+            Some(Event::Exit(e)) if e.id == "bg" => {
+                assert_eq!(e.exit_status, 137);
+                break;
+            }
+            Some(_) => {}
+            None => panic!("events closed"),
+        }
+    }
 }

@@ -39,6 +39,10 @@ pub enum AttachError {
     AlreadyAttached(StreamKind),
 }
 
+/// After CloseIO, how long the stdin connection may stay silent before stdin is closed.
+/// A host that wants exact ordering half-closes the connection instead, which is immediate.
+const STDIN_CLOSE_GRACE: Duration = Duration::from_millis(100);
+
 /// Host-side ends of a process's stdio, waiting for connections.
 pub struct Io {
     slots: Mutex<HashMap<StreamKind, oneshot::Sender<BoxConn>>>,
@@ -238,10 +242,27 @@ async fn pump_stdin<W: AsyncWrite + Unpin>(
         _ = close.notified() => return,
     };
     let mut buf = vec![0u8; 64 * 1024];
+    let mut closing = false;
     loop {
-        let n = tokio::select! {
-            r = conn.read(&mut buf) => match r { Ok(n) if n > 0 => n, _ => return },
-            _ = close.notified() => return,
+        // After CloseIO, bytes the host wrote before the call may still be in flight on the
+        // connection: keep forwarding until it goes quiet, then close.
+        let read = if closing {
+            match tokio::time::timeout(STDIN_CLOSE_GRACE, conn.read(&mut buf)).await {
+                Ok(r) => r,
+                Err(_) => return,
+            }
+        } else {
+            tokio::select! {
+                r = conn.read(&mut buf) => r,
+                _ = close.notified() => {
+                    closing = true;
+                    continue;
+                }
+            }
+        };
+        let n = match read {
+            Ok(n) if n > 0 => n,
+            _ => return,
         };
         if pipe.write_all(&buf[..n]).await.is_err() {
             return;

@@ -374,6 +374,10 @@ impl Tasks {
         };
         if exec_id.is_empty() {
             self.map().remove(id);
+            // The container ends with its main process: nothing may outlive it inside.
+            for pid in c.pids() {
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            }
             super::bundle::unmount_all(&c.rootfs_mounts);
         } else {
             c.execs

@@ -80,7 +80,14 @@ impl Process {
         let (tx, rx) = oneshot::channel();
         let me = self.clone();
         let route: Route = Box::new(move |exit: Exit| {
-            *me.phase() = Phase::Exited(exit);
+            let mut phase = me.phase();
+            // Start sets Running before it lets the child exec: any other phase means the
+            // process died before it ran (setup failure, or killed while created).
+            if !matches!(*phase, Phase::Running(_)) {
+                me.set_started(false);
+            }
+            *phase = Phase::Exited(exit);
+            drop(phase);
             let _ = tx.send(exit);
         });
         (route, rx)
