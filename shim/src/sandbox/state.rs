@@ -332,24 +332,30 @@ pub fn validate_name(name: &str) -> Result<(), StateError> {
 /// The last `n` lines of the given files, in order, each prefixed with its file's name when
 /// there is more than one.
 pub fn tail_lines(files: &[&Path], n: usize) -> Vec<String> {
-    let mut out = Vec::new();
+    let mut per_file = Vec::new();
     for f in files {
         let Ok(data) = std::fs::read(f) else { continue };
         // Only the end matters; console logs can be large.
         let start = data.len().saturating_sub(64 * 1024);
         let text = String::from_utf8_lossy(&data[start..]);
-        let lines: Vec<&str> = text
+        let lines: Vec<String> = text
             .lines()
-            .map(|l| l.trim_end_matches('\r'))
+            .map(|l| l.trim_end_matches('\r').to_string())
             .filter(|l| !l.trim().is_empty())
             .collect();
-        let prefix = if files.len() > 1 {
-            format!("{}: ", f.file_name().unwrap_or_default().to_string_lossy())
-        } else {
-            String::new()
-        };
+        if !lines.is_empty() {
+            per_file.push((f.file_name().unwrap_or_default().to_string_lossy(), lines));
+        }
+    }
+    let prefixed = per_file.len() > 1;
+    let mut out = Vec::new();
+    for (name, lines) in per_file {
         for l in &lines[lines.len().saturating_sub(n)..] {
-            out.push(format!("{prefix}{l}"));
+            out.push(if prefixed {
+                format!("{name}: {l}")
+            } else {
+                l.clone()
+            });
         }
     }
     let skip = out.len().saturating_sub(n);
