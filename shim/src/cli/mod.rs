@@ -235,7 +235,16 @@ async fn run(root: &StateRoot, a: RunArgs) -> Result<i32, CliError> {
     let status = attach::run_attached(&client, &id, "", mode, streams, start).await;
     let code = status.as_ref().ok().map(|s| *s as i32);
     let _ = client.delete(&id, "").await;
-    sandbox::record_exit(root, &name, code)?;
+    match &status {
+        Ok(_) => {
+            sandbox::record_exit(root, &name, code)?;
+        }
+        // The guest went away under a running container: that is a failure, with its console.
+        Err(e) => {
+            sandbox::mark_failed(root, &name, &format!("lost the container: {e}"));
+        }
+    }
+    tracing::info!("{name}: container exited, stopping the sandbox");
     sandbox::stop(root, &name, Duration::from_secs(2)).await?;
     if opts.auto_remove {
         sandbox::remove(root, &name, true)?;

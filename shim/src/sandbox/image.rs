@@ -346,7 +346,18 @@ pub fn build_ext4(image: &str, rootfs: &Path, dest: &Path) -> Result<(), ImageEr
     f.set_len(size).map_err(|e| disk_err(e.to_string()))?;
     drop(f);
     let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "boxroot", "-E", "root_owner=0:0", "-N"])
+        // Read-only in the guest: no journal needed.
+        .args([
+            "-q",
+            "-F",
+            "-L",
+            "boxroot",
+            "-O",
+            "^has_journal",
+            "-E",
+            "root_owner=0:0",
+            "-N",
+        ])
         .arg(inodes.to_string())
         .arg("-d")
         .arg(rootfs)

@@ -151,6 +151,8 @@ pub struct Sandbox {
     root: StateRoot,
     /// Set when this process spawned the sandbox's process.
     pub process: Option<Spawned>,
+    /// When this process began creating the sandbox (for the phase timings logged at info).
+    began: std::time::Instant,
 }
 
 /// Marks a record `Failed` with the reason and the console tail; returns the tail.
@@ -179,6 +181,7 @@ impl Sandbox {
         backend: &dyn Backend,
         opts: &CreateOptions,
     ) -> Result<Sandbox, SandboxError> {
+        let began = std::time::Instant::now();
         backend.preflight()?;
         let image = image::resolve(&opts.image, &root.images_dir())?;
         let mut args = image.config.entrypoint.clone();
@@ -237,7 +240,7 @@ impl Sandbox {
         root.write(&record)?;
         // From here on every failure is recorded, and the record stays until `box rm`.
         let mut process = None;
-        match Self::boot(root, backend, opts, &image, record, &mut process).await {
+        match Self::boot(root, backend, opts, &image, record, &mut process, began).await {
             Ok(sb) => Ok(sb),
             Err(reason) => {
                 let console_tail = mark_failed(root, &name, &reason);
@@ -257,7 +260,9 @@ impl Sandbox {
         image: &image::ResolvedImage,
         mut record: Record,
         process: &mut Option<Spawned>,
+        began: std::time::Instant,
     ) -> Result<Sandbox, String> {
+        let phase = |what: &str| tracing::info!("{}: {what} at {:?}", record.name, began.elapsed());
         let (disk, mounts) = backend
             .prepare_rootfs(image, root, &record.paths.dir)
             .map_err(|e| e.to_string())?;
@@ -271,6 +276,7 @@ impl Sandbox {
             })
             .map_err(|e| e.to_string())?;
         *process = Some(spawned.clone());
+        phase("process launched");
         record.pids.vmm = Some(spawned.proc_ref);
         root.write(&record).map_err(|e| e.to_string())?;
         let endpoint = backend::endpoint(record.backend, &record.paths);
@@ -281,6 +287,7 @@ impl Sandbox {
                 readiness::ReadyError::Exited(code) => backend.explain_exit(code),
                 other => other.to_string(),
             })?;
+        phase("guest ready");
         if record.backend == BackendKind::HostProcess {
             record.pids.init = host_init_pid(spawned.proc_ref.pid);
         }
@@ -299,11 +306,13 @@ impl Sandbox {
             .create_described(&record.id, &bundle, &opts.io, Some(&spec), mounts)
             .await
             .map_err(|e| format!("creating the container: {e}"))?;
+        phase("container created");
         Ok(Sandbox {
             record,
             client,
             root: root.clone(),
             process: process.clone(),
+            began,
         })
     }
 
@@ -328,6 +337,7 @@ impl Sandbox {
             client,
             root: root.clone(),
             process: None,
+            began: std::time::Instant::now(),
         })
     }
 
@@ -352,6 +362,11 @@ impl Sandbox {
                     r.started_at = Some(state::now());
                 })?;
                 self.record = r;
+                tracing::info!(
+                    "{}: container started at {:?}",
+                    self.record.name,
+                    self.began.elapsed()
+                );
                 Ok(pid)
             }
             Err(e) => {
