@@ -605,3 +605,70 @@ fn c5_interactive_terminal_through_a_real_pty() {
         "terminal mode restored"
     );
 }
+
+/// Polls `check` until it holds, at most [`BACKSTOP`].
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + BACKSTOP;
+    while !check() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn c12_detached_main_exit_is_recorded_and_rm_honoured() {
+    require_host_tier!();
+    let env = BoxEnv::new();
+    let o = env.run(&[
+        "run",
+        "-d",
+        "--name",
+        "ends",
+        env.image(),
+        "--",
+        "sh",
+        "-c",
+        "echo out; exit 3",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    eventually("the exit of ends is recorded", || {
+        env.record("ends")["state"] == "Exited"
+    });
+    let rec = env.record("ends");
+    assert_eq!(rec["exit_code"], 3);
+    assert_eq!(env.run(&["logs", "ends"]).stdout, "out\n");
+    eventually("the sandbox of ends is down", || {
+        pids_of(&rec).iter().all(|&p| !pid_alive(p))
+    });
+    // --rm with -d: the log pump removes the sandbox when its main process ends ...
+    let o = env.run(&[
+        "run",
+        "-d",
+        "--rm",
+        "--name",
+        "gone",
+        env.image(),
+        "--",
+        "true",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    eventually("gone is removed", || !env.sandbox_dir("gone").exists());
+    // ... and when it is stopped.
+    let o = env.run(&[
+        "run",
+        "-d",
+        "--rm",
+        "--name",
+        "stopped",
+        env.image(),
+        "--",
+        "sleep",
+        "100000",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = env.run(&["stop", "-t", "1", "stopped"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    eventually("stopped is removed", || {
+        !env.sandbox_dir("stopped").exists()
+    });
+}

@@ -9,6 +9,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = box_shim::cli::Cli::parse();
     let code = match box_shim::cli::main(cli).map_err(anyhow::Error::from) {

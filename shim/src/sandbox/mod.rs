@@ -477,13 +477,27 @@ pub async fn stop(root: &StateRoot, name: &str, grace: Duration) -> Result<Recor
     }
     let pids = r.pids.clone();
     tokio::task::spawn_blocking(move || {
-        for p in pids.all() {
+        for p in pids.vmm.iter().chain(&pids.init) {
             kill_and_wait(p, libc::SIGKILL, Duration::from_secs(10));
+        }
+        // The log pump ends by itself once the sandbox is gone, after recording the exit
+        // code (and removing the sandbox, for --rm): give it that chance.
+        if let Some(p) = pids.log_pump.filter(|p| !is_self(p)) {
+            if !p.wait_gone(Duration::from_secs(10)) {
+                kill_and_wait(&p, libc::SIGKILL, Duration::from_secs(10));
+            }
         }
     })
     .await
     .ok();
-    record_exit(root, name, None)
+    match record_exit(root, name, None) {
+        // `run -d --rm`: the log pump removed the sandbox as it ended.
+        Err(SandboxError::State(StateError::Unknown(_))) => Ok(Record {
+            state: SandboxState::Exited,
+            ..r
+        }),
+        other => other,
+    }
 }
 
 /// Removes a sandbox's record and files. A running one needs `force`; its processes are
