@@ -107,6 +107,18 @@ fn c4_detached_sandbox_exec_logs_stop_rm() {
     assert_eq!(o.code, 5, "{}", o.stderr);
     let o = env.run(&["exec", "web", "--", "true"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
+    let mut cmd = env.command(&["exec", "-i", "web", "--", "sh", "-c", "cat; exit 9"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"xyz\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        (o.status.code(), o.stdout.as_slice()),
+        (Some(9), &b"xyz\n"[..]),
+        "exec -i"
+    );
     let o = env.run(&["exec", "web", "--", "cat", "/proc/1/cmdline"]);
     assert!(
         o.stdout.contains("box-init"),
