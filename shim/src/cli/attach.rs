@@ -115,6 +115,37 @@ where
     }
 }
 
+/// Forwards this process's stdin to the container's, then signals EOF.
+///
+/// EOF is a half-close of the stream first: guest-init reads everything sent before it, then
+/// closes the process's stdin and its end of the stream. CloseIO is only the fallback for a
+/// transport that does not carry the half-close: guest-init's CloseIO drops the stdin pipe at
+/// once, so bytes still in flight on the stream would be lost if it came first.
+async fn forward_stdin(mut stream: UnixStream, c: GuestClient, id: String, exec_id: String) {
+    let mut rx = stdin_reader();
+    while let Some(chunk) = rx.recv().await {
+        if stream.write_all(&chunk).await.is_err() {
+            return;
+        }
+    }
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut one = [0u8; 1];
+    let closed = matches!(
+        tokio::time::timeout(EOF_ACK, stream.read(&mut one)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    );
+    if !closed {
+        if let Err(e) = c.close_stdin(&id, &exec_id).await {
+            tracing::debug!("close_stdin: {e}");
+        }
+    }
+}
+
+/// How long the guest may take to acknowledge stdin's half-close by closing its end.
+const EOF_ACK: Duration = Duration::from_secs(2);
+
 /// Runs `start`, connects the streams to this process's stdio, and returns the process's
 /// exit status once it exited and its output was drained.
 pub async fn run_attached<F>(
@@ -154,13 +185,10 @@ where
     if let Some(s) = streams.stderr {
         outputs.push(tokio::spawn(pump(s, tokio::io::stderr())));
     }
-    if let Some(s) = streams.stdin {
-        input_sink = Some(Box::new(s));
-    }
+    let stdin_stream = streams.stdin;
 
     let mut background = Vec::new();
     if let (true, Some(mut sink)) = (mode.stdin, input_sink) {
-        let (c2, id2, ex2, tty) = (c.clone(), id.to_string(), exec_id.to_string(), mode.tty);
         background.push(tokio::spawn(async move {
             let mut rx = stdin_reader();
             while let Some(chunk) = rx.recv().await {
@@ -169,14 +197,11 @@ where
                 }
                 let _ = sink.flush().await;
             }
-            if !tty {
-                // EOF: half-close the stream and tell guest-init.
-                let _ = sink.shutdown().await;
-                if let Err(e) = c2.close_stdin(&id2, &ex2).await {
-                    tracing::debug!("close_stdin: {e}");
-                }
-            }
         }));
+    }
+    if let (true, Some(stream)) = (mode.stdin, stdin_stream) {
+        let (c2, id2, ex2) = (c.clone(), id.to_string(), exec_id.to_string());
+        background.push(tokio::spawn(forward_stdin(stream, c2, id2, ex2)));
     }
     if mode.tty {
         let (c2, id2, ex2) = (c.clone(), id.to_string(), exec_id.to_string());
