@@ -1,4 +1,7 @@
-//! Box's host runtime library: the client for guest-init's API, and (in later issues) the
-//! sandbox lifecycle, the `box` CLI and the containerd shim built on it.
+//! Box's host runtime library: the client for guest-init's API ([`agent_client`]), sandboxes
+//! (microVMs, or host-process inits for tests) with their on-disk records ([`sandbox`]), and
+//! the `box` CLI ([`cli`]); the containerd shim comes later.
 
 pub mod agent_client;
+pub mod cli;
+pub mod sandbox;

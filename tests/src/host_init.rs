@@ -47,16 +47,22 @@ pub fn init_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("BOX_INIT_BIN") {
         return p.into();
     }
+    built_binary("box-init", "box-guest-init")
+}
+
+/// A binary of this workspace, built next to this test binary (cargo builds the binaries of
+/// other packages only when asked).
+pub fn built_binary(name: &str, package: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test> -> target/<profile>/box-init
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
     let bin = exe
         .parent()
         .and_then(Path::parent)
         .expect("target dir")
-        .join("box-init");
+        .join(name);
     assert!(
         bin.exists(),
-        "{} not built: run `cargo build -p box-guest-init` (cargo xtask ci does)",
+        "{} not built: run `cargo build -p {package}` (cargo xtask ci does)",
         bin.display()
     );
     bin
@@ -75,7 +81,7 @@ fn scratch_dir() -> PathBuf {
 }
 
 /// A busybox root filesystem: the static binary and a symlink per applet.
-fn make_rootfs(root: &Path) {
+pub fn make_rootfs(root: &Path) {
     let bin = root.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     for d in ["proc", "tmp", "dev", "etc"] {

@@ -2,4 +2,5 @@
 //! in [`host_init`]: guest-init as PID 1 of a fresh PID + mount namespace on this host,
 //! listening on unix sockets, driven only through the host library's client.
 
+pub mod cli;
 pub mod host_init;

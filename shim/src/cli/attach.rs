@@ -1,0 +1,251 @@
+//! Connecting the user's stdio to a container process: its streams (or its pty) are opened
+//! before Start, so no output is lost; stdin EOF becomes CloseIO; the output is drained after
+//! the exit (bounded); terminal resizes become ResizePty; without a terminal, SIGINT and
+//! SIGTERM are forwarded to the process.
+
+use std::future::Future;
+use std::time::Duration;
+
+use box_guest_init::api::stream::StreamKind;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+use super::tty;
+use crate::agent_client::{ClientError, GuestClient, StdioRequest};
+
+/// How long output may still arrive after the process's exit was reported.
+const DRAIN: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IoMode {
+    /// `-i`: forward stdin (with EOF).
+    pub stdin: bool,
+    /// `-t`: a pty.
+    pub tty: bool,
+}
+
+impl IoMode {
+    pub fn request(self) -> StdioRequest {
+        StdioRequest {
+            stdin: self.stdin,
+            stdout: !self.tty,
+            stderr: !self.tty,
+            terminal: self.tty,
+        }
+    }
+}
+
+/// The streams of one process, open before it starts.
+pub struct Streams {
+    pty: Option<UnixStream>,
+    stdin: Option<UnixStream>,
+    stdout: Option<UnixStream>,
+    stderr: Option<UnixStream>,
+}
+
+pub async fn open_streams(
+    c: &GuestClient,
+    id: &str,
+    exec_id: &str,
+    mode: IoMode,
+) -> Result<Streams, ClientError> {
+    if mode.tty {
+        return Ok(Streams {
+            pty: Some(c.open_stream(id, exec_id, StreamKind::Pty).await?),
+            stdin: None,
+            stdout: None,
+            stderr: None,
+        });
+    }
+    let stdin = if mode.stdin {
+        Some(c.open_stream(id, exec_id, StreamKind::Stdin).await?)
+    } else {
+        None
+    };
+    Ok(Streams {
+        pty: None,
+        stdin,
+        stdout: Some(c.open_stream(id, exec_id, StreamKind::Stdout).await?),
+        stderr: Some(c.open_stream(id, exec_id, StreamKind::Stderr).await?),
+    })
+}
+
+/// Reads fd 0 on a plain thread (a blocked read must never hold up the exit) into a channel;
+/// the channel closes at EOF.
+fn stdin_reader() -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel(16);
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 16 * 1024];
+        let fd = tty_fd(0);
+        loop {
+            match nix::unistd::read(fd, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+                Err(nix::Error::EINTR) => continue,
+                Err(_) => break,
+            }
+        }
+    });
+    rx
+}
+
+fn tty_fd(fd: i32) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: fd 0 stays open for the life of the process.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+async fn pump<R, W>(mut from: R, mut to: W) -> std::io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.flush().await;
+        }
+        to.write_all(&buf[..n]).await?;
+        to.flush().await?;
+    }
+}
+
+/// Forwards this process's stdin to the container's, then signals EOF.
+///
+/// EOF is a half-close of the stream first: guest-init reads everything sent before it, then
+/// closes the process's stdin and its end of the stream. CloseIO is only the fallback for a
+/// transport that does not carry the half-close: guest-init's CloseIO drops the stdin pipe at
+/// once, so bytes still in flight on the stream would be lost if it came first.
+async fn forward_stdin(mut stream: UnixStream, c: GuestClient, id: String, exec_id: String) {
+    let mut rx = stdin_reader();
+    while let Some(chunk) = rx.recv().await {
+        if stream.write_all(&chunk).await.is_err() {
+            return;
+        }
+    }
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut one = [0u8; 1];
+    let closed = matches!(
+        tokio::time::timeout(EOF_ACK, stream.read(&mut one)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    );
+    if !closed {
+        if let Err(e) = c.close_stdin(&id, &exec_id).await {
+            tracing::debug!("close_stdin: {e}");
+        }
+    }
+}
+
+/// How long the guest may take to acknowledge stdin's half-close by closing its end.
+const EOF_ACK: Duration = Duration::from_secs(2);
+
+/// Runs `start`, connects the streams to this process's stdio, and returns the process's
+/// exit status once it exited and its output was drained.
+pub async fn run_attached<F>(
+    c: &GuestClient,
+    id: &str,
+    exec_id: &str,
+    mode: IoMode,
+    streams: Streams,
+    start: F,
+) -> Result<u32, crate::cli::CliError>
+where
+    F: Future<Output = Result<(), crate::cli::CliError>>,
+{
+    // Raw mode lasts exactly as long as this guard: every return below restores the terminal.
+    let _raw = if mode.tty {
+        tty::RawMode::enter(0)
+    } else {
+        None
+    };
+    if mode.tty {
+        if let Some((cols, rows)) = tty::size(0).or_else(|| tty::size(1)) {
+            c.resize_pty(id, exec_id, cols, rows).await?;
+        }
+    }
+    start.await?;
+
+    let mut outputs = Vec::new();
+    let mut input_sink: Option<Box<dyn AsyncWrite + Unpin + Send>> = None;
+    if let Some(pty) = streams.pty {
+        let (r, w) = pty.into_split();
+        outputs.push(tokio::spawn(pump(r, tokio::io::stdout())));
+        input_sink = Some(Box::new(w));
+    }
+    if let Some(s) = streams.stdout {
+        outputs.push(tokio::spawn(pump(s, tokio::io::stdout())));
+    }
+    if let Some(s) = streams.stderr {
+        outputs.push(tokio::spawn(pump(s, tokio::io::stderr())));
+    }
+    let stdin_stream = streams.stdin;
+
+    let mut background = Vec::new();
+    if let (true, Some(mut sink)) = (mode.stdin, input_sink) {
+        background.push(tokio::spawn(async move {
+            let mut rx = stdin_reader();
+            while let Some(chunk) = rx.recv().await {
+                if sink.write_all(&chunk).await.is_err() {
+                    return;
+                }
+                let _ = sink.flush().await;
+            }
+        }));
+    }
+    if let (true, Some(stream)) = (mode.stdin, stdin_stream) {
+        let (c2, id2, ex2) = (c.clone(), id.to_string(), exec_id.to_string());
+        background.push(tokio::spawn(forward_stdin(stream, c2, id2, ex2)));
+    }
+    if mode.tty {
+        let (c2, id2, ex2) = (c.clone(), id.to_string(), exec_id.to_string());
+        background.push(tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut winch) = signal(SignalKind::window_change()) else {
+                return;
+            };
+            while winch.recv().await.is_some() {
+                if let Some((cols, rows)) = tty::size(0).or_else(|| tty::size(1)) {
+                    let _ = c2.resize_pty(&id2, &ex2, cols, rows).await;
+                }
+            }
+        }));
+    } else {
+        // Without a terminal, ^C reaches us, not the container: forward it.
+        for (kind, sig) in [
+            (tokio::signal::unix::SignalKind::interrupt(), libc::SIGINT),
+            (tokio::signal::unix::SignalKind::terminate(), libc::SIGTERM),
+        ] {
+            let (c2, id2, ex2) = (c.clone(), id.to_string(), exec_id.to_string());
+            background.push(tokio::spawn(async move {
+                let Ok(mut s) = tokio::signal::unix::signal(kind) else {
+                    return;
+                };
+                while s.recv().await.is_some() {
+                    let _ = c2.kill(&id2, &ex2, sig as u32, false).await;
+                }
+            }));
+        }
+    }
+
+    let status = c.wait(id, exec_id).await?.exit_status;
+    let drained = tokio::time::timeout(DRAIN, async {
+        for o in outputs {
+            let _ = o.await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("output of {id}/{exec_id} still open {DRAIN:?} after its exit");
+    }
+    for b in background {
+        b.abort();
+    }
+    Ok(status)
+}

@@ -1,0 +1,391 @@
+//! The `box` command line: `run`, `exec`, `ps`, `logs`, `stop`, `rm`, `inspect`.
+//!
+//! Every command finds its sandbox through the records under `$BOX_STATE_DIR` (default
+//! `/run/box`). `box run` without `-d` stays attached and exits with the container's exit code
+//! (128+n for signal n); with `-d` it leaves a small detached log pump (`box __log-pump NAME`,
+//! a hidden subcommand) that copies the container's output to `container.log` (what `box logs`
+//! prints), records the exit code and shuts the sandbox down when the main process ends.
+//! Backends: `$BOX_BACKEND` (`microvm`, default; `host-process`, a test backend), see
+//! [`crate::sandbox::backend`].
+
+pub mod attach;
+pub mod pump;
+pub mod tty;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::agent_client::ClientError;
+use crate::sandbox::state::{self, SandboxState, StateError, StateRoot};
+use crate::sandbox::vmm_process::ChildRegistry;
+use crate::sandbox::{self, backend, CreateOptions, Sandbox, SandboxError};
+use attach::IoMode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Guest(#[from] ClientError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+impl From<StateError> for CliError {
+    fn from(e: StateError) -> Self {
+        CliError::Sandbox(e.into())
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "box", version, about = "Run containers in microVMs")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run a command in a new sandbox.
+    Run(RunArgs),
+    /// Run a command in a running sandbox.
+    Exec(ExecArgs),
+    /// List sandboxes.
+    Ps {
+        /// Show all sandboxes, not only running ones.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Print the output of a sandbox started with `run -d`.
+    Logs { name: String },
+    /// Stop a running sandbox (Shutdown with a grace period, then kill).
+    Stop {
+        name: String,
+        /// Seconds to wait for processes to exit after SIGTERM.
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u64,
+    },
+    /// Remove sandboxes (a running one needs -f).
+    Rm {
+        /// Kill a running sandbox first.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Print a sandbox's record as JSON.
+    Inspect { name: String },
+    #[command(name = "__log-pump", hide = true)]
+    LogPump { name: String },
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Remove the sandbox when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Keep stdin open and forward it.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Run in the background and print the sandbox's name.
+    #[arg(short, long)]
+    pub detach: bool,
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub memory: u32,
+    /// KEY=VALUE, repeatable.
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    /// An OCI image layout (directory or tar) or a root filesystem directory.
+    pub image: String,
+    /// The command and its arguments (after `--`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    #[arg(short, long)]
+    pub interactive: bool,
+    #[arg(short, long)]
+    pub tty: bool,
+    /// KEY=VALUE, repeatable.
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    pub name: String,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// Runs the command line; returns the exit code for the process.
+pub fn main(cli: Cli) -> Result<i32, CliError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Io(format!("starting the runtime: {e}")))?;
+    let root = StateRoot::from_env();
+    let out = rt.block_on(dispatch(&root, cli.command));
+    // Streams of a finished process may still have blocked readers: do not wait for them.
+    rt.shutdown_background();
+    out
+}
+
+async fn dispatch(root: &StateRoot, cmd: Cmd) -> Result<i32, CliError> {
+    match cmd {
+        Cmd::Run(a) => run(root, a).await,
+        Cmd::Exec(a) => exec(root, a).await,
+        Cmd::Ps { all } => ps(root, all),
+        Cmd::Logs { name } => logs(root, &name),
+        Cmd::Stop { name, time } => {
+            let r = root.load(&name)?;
+            if sandbox::effective_state(&r) != SandboxState::Running {
+                return Err(SandboxError::NotRunning(name).into());
+            }
+            sandbox::stop(root, &name, Duration::from_secs(time)).await?;
+            println!("{name}");
+            Ok(0)
+        }
+        Cmd::Rm { force, names } => {
+            let mut code = 0;
+            for n in names {
+                match sandbox::remove(root, &n, force) {
+                    Ok(()) => println!("{n}"),
+                    Err(e) => {
+                        eprintln!("box: {e}");
+                        code = 1;
+                    }
+                }
+            }
+            Ok(code)
+        }
+        Cmd::Inspect { name } => {
+            let r = root.load(&name)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&r).expect("a record always serializes")
+            );
+            Ok(0)
+        }
+        Cmd::LogPump { name } => pump::run(root, &name).await,
+    }
+}
+
+async fn run(root: &StateRoot, a: RunArgs) -> Result<i32, CliError> {
+    if a.detach && (a.interactive || a.tty) {
+        return Err(CliError::Usage(
+            "-d cannot be combined with -i or -t: use box exec -it on the detached sandbox".into(),
+        ));
+    }
+    let mode = IoMode {
+        stdin: a.interactive,
+        tty: a.tty,
+    };
+    let backend = backend::from_env()?;
+    let opts = CreateOptions {
+        name: a.name,
+        image: a.image,
+        cpus: a.cpus,
+        memory_mib: a.memory,
+        env: a.env,
+        command: a.command,
+        io: mode.request(),
+        auto_remove: a.rm,
+        boot_backstop: std::env::var("BOX_BOOT_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Duration::from_secs),
+    };
+    let mut sb = Sandbox::create(root, backend.as_ref(), &opts).await?;
+    if a.detach {
+        return run_detached(root, sb).await;
+    }
+    let name = sb.name().to_string();
+    let id = sb.container_id().to_string();
+    let client = sb.client.clone();
+    let streams = match attach::open_streams(&client, &id, "", mode).await {
+        Ok(s) => s,
+        Err(e) => {
+            let reason = format!("opening the container's stdio: {e}");
+            let console_tail = sandbox::mark_failed(root, &name, &reason);
+            return Err(SandboxError::BootFailed {
+                name,
+                reason,
+                console_tail,
+            }
+            .into());
+        }
+    };
+    let start = async {
+        sb.start().await?;
+        Ok(())
+    };
+    let status = attach::run_attached(&client, &id, "", mode, streams, start).await;
+    let code = status.as_ref().ok().map(|s| *s as i32);
+    let _ = client.delete(&id, "").await;
+    match &status {
+        Ok(_) => {
+            sandbox::record_exit(root, &name, code)?;
+        }
+        // The guest went away under a running container: that is a failure, with its console.
+        Err(e) => {
+            sandbox::mark_failed(root, &name, &format!("lost the container: {e}"));
+        }
+    }
+    tracing::info!("{name}: container exited, stopping the sandbox");
+    sandbox::stop(root, &name, Duration::from_secs(2)).await?;
+    if opts.auto_remove {
+        sandbox::remove(root, &name, true)?;
+    }
+    Ok(status? as i32)
+}
+
+/// Leaves the sandbox running with a detached log pump, and prints its name.
+async fn run_detached(root: &StateRoot, mut sb: Sandbox) -> Result<i32, CliError> {
+    let name = sb.name().to_string();
+    let fail = |reason: String| {
+        let console_tail = sandbox::mark_failed(root, &name, &reason);
+        CliError::from(SandboxError::BootFailed {
+            name: name.clone(),
+            reason,
+            console_tail,
+        })
+    };
+    let exe = std::env::current_exe().map_err(|e| fail(format!("finding box itself: {e}")))?;
+    let pump_log = std::fs::File::create(sb.record.paths.dir.join("log-pump.log"))
+        .map_err(|e| fail(format!("log pump log: {e}")))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("__log-pump")
+        .arg(&name)
+        .env("BOX_STATE_DIR", root.root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(pump_log);
+    let (pump, stdout) = ChildRegistry::global()
+        .spawn_detached(&mut cmd)
+        .map_err(|e| fail(format!("starting the log pump: {e}")))?;
+    // The pump says "ready" once it holds the container's output streams; its exit (EOF)
+    // bounds the wait.
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        if let Some(out) = stdout {
+            let _ = BufReader::new(out).read_line(&mut line);
+        }
+        line
+    })
+    .await
+    .unwrap_or_default();
+    if line.trim() != "ready" {
+        let log =
+            std::fs::read_to_string(sb.record.paths.dir.join("log-pump.log")).unwrap_or_default();
+        return Err(fail(format!(
+            "the log pump did not start: {}",
+            log.lines().last().unwrap_or("no message")
+        )));
+    }
+    sb.set_log_pump(pump.proc_ref)?;
+    sb.start().await?;
+    println!("{name}");
+    Ok(0)
+}
+
+async fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32, CliError> {
+    let sb = Sandbox::attach(root, &a.name).await?;
+    let mode = IoMode {
+        stdin: a.interactive,
+        tty: a.tty,
+    };
+    let id = sb.container_id().to_string();
+    let exec_id = format!("exec-{}", std::process::id());
+    let mut env = sb.record.config.env.clone();
+    if a.tty {
+        env = sandbox::merge_env(&[&env, &["TERM=xterm".to_string()]]);
+    }
+    env = sandbox::merge_env(&[&env, &a.env]);
+    let spec = sandbox::process_spec(&a.command, &env, &sb.record.config.cwd, a.tty);
+    let c = sb.client.clone();
+    c.exec(&id, &exec_id, &spec, &mode.request()).await?;
+    let streams = attach::open_streams(&c, &id, &exec_id, mode).await?;
+    let start = async {
+        c.start(&id, &exec_id).await?;
+        Ok(())
+    };
+    let status = attach::run_attached(&c, &id, &exec_id, mode, streams, start).await;
+    let _ = c.delete(&id, &exec_id).await;
+    Ok(status? as i32)
+}
+
+fn human(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{}s", s / 60, s % 60),
+        s if s < 86400 => format!("{}h{}m", s / 3600, s / 60 % 60),
+        s => format!("{}d{}h", s / 86400, s / 3600 % 24),
+    }
+}
+
+fn ps(root: &StateRoot, all: bool) -> Result<i32, CliError> {
+    let now = state::now();
+    println!(
+        "{:<20} {:<9} {:<32} {:<8} STATUS",
+        "NAME", "STATE", "IMAGE", "UPTIME"
+    );
+    for r in root.list()? {
+        let st = sandbox::effective_state(&r);
+        if !all && !matches!(st, SandboxState::Running | SandboxState::Creating) {
+            continue;
+        }
+        let uptime = match (st, r.started_at) {
+            (SandboxState::Running, Some(t)) => human(now.saturating_sub(t)),
+            _ => "-".into(),
+        };
+        let status = match (st, r.exit_code, &r.error) {
+            (SandboxState::Failed, _, Some(e)) => format!("error: {e}"),
+            (_, Some(c), _) => format!("exit {c}"),
+            (SandboxState::Exited, None, _) => "exit ?".into(),
+            _ => String::new(),
+        };
+        let image = if r.image.len() > 32 {
+            format!("...{}", &r.image[r.image.len() - 29..])
+        } else {
+            r.image.clone()
+        };
+        println!(
+            "{:<20} {:<9} {:<32} {:<8} {}",
+            r.name,
+            st.to_string(),
+            image,
+            uptime,
+            status
+        );
+    }
+    Ok(0)
+}
+
+fn logs(root: &StateRoot, name: &str) -> Result<i32, CliError> {
+    let r = root.load(name)?;
+    let path = sandbox::log_path(&r);
+    match std::fs::File::open(&path) {
+        Ok(mut f) => {
+            std::io::copy(&mut f, &mut std::io::stdout().lock())
+                .map_err(|e| CliError::Io(format!("{}: {e}", path.display())))?;
+            Ok(0)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CliError::Usage(format!(
+            "sandbox {name} has no logs: only `box run -d` keeps the output (attached runs print it)"
+        ))),
+        Err(e) => Err(CliError::Io(format!("{}: {e}", path.display()))),
+    }
+}

@@ -1,0 +1,75 @@
+//! The log pump of `box run -d` (`box __log-pump NAME`, detached in its own session): holds
+//! the container's stdout and stderr streams, appends them to `container.log`, and when the
+//! main process exits records its exit code, stops the sandbox and, for `--rm`, removes it.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use box_guest_init::api::stream::StreamKind;
+use tokio::io::AsyncReadExt;
+
+use super::CliError;
+use crate::sandbox::state::StateRoot;
+use crate::sandbox::{self, SandboxError};
+
+pub async fn run(root: &StateRoot, name: &str) -> Result<i32, CliError> {
+    let record = root.load(name)?;
+    // The sandbox is still Creating: connect like attach does, without its state check.
+    let endpoint = sandbox::backend::endpoint(record.backend, &record.paths);
+    let client = crate::agent_client::GuestClient::connect(endpoint).await?;
+    client.health(sandbox::readiness::ATTEMPT).await?;
+    let id = record.id.clone();
+    let out = client.open_stream(&id, "", StreamKind::Stdout).await?;
+    let err = client.open_stream(&id, "", StreamKind::Stderr).await?;
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(&record.paths.container_log)
+        .map_err(|e| CliError::Io(format!("{}: {e}", record.paths.container_log.display())))?;
+    let log = Arc::new(Mutex::new(log));
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    // Nobody reads our stdout any more.
+    if let Ok(null) = std::fs::File::options().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto fd 1, which we own; `null` stays valid for the call.
+        unsafe { libc::dup2(null.as_raw_fd(), 1) };
+    }
+    let copy = |mut s: tokio::net::UnixStream, log: Arc<Mutex<std::fs::File>>| async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let _ = log.lock().unwrap().write_all(&buf[..n]);
+                }
+            }
+        }
+    };
+    let tasks = [
+        tokio::spawn(copy(out, log.clone())),
+        tokio::spawn(copy(err, log.clone())),
+    ];
+    let code = client
+        .wait(&id, "")
+        .await
+        .ok()
+        .map(|w| w.exit_status as i32);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    })
+    .await;
+    let _ = client.delete(&id, "").await;
+    sandbox::record_exit(root, name, code)?;
+    sandbox::stop(root, name, Duration::from_secs(2)).await?;
+    if root.load(name)?.config.auto_remove {
+        match sandbox::remove(root, name, true) {
+            Ok(()) | Err(SandboxError::State(crate::sandbox::state::StateError::Unknown(_))) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(0)
+}

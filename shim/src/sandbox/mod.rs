@@ -1,0 +1,550 @@
+//! Sandboxes: a microVM (or, for tests, a host-process init) running one container.
+//!
+//! Lifecycle: [`Sandbox::create`] reserves the name, writes the record (`Creating`), prepares
+//! the image, launches the backend's process, waits for readiness (bounded by the process's
+//! liveness) and creates the container; [`Sandbox::start`] starts it (`Running`); the caller
+//! streams its stdio and waits; [`stop`] shuts the sandbox down (`Exited`); [`remove`] is the
+//! only thing that deletes a record. Any failure during creation leaves the record `Failed`
+//! with the reason and the console tail, files kept.
+
+pub mod backend;
+pub mod image;
+pub mod readiness;
+pub mod state;
+pub mod vmm_process;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::agent_client::{ClientError, GuestClient, StdioRequest};
+use backend::{Backend, LaunchSpec};
+use state::{BackendKind, Paths, Pids, Record, RunConfig, SandboxState, StateError, StateRoot};
+use vmm_process::{ProcRef, Spawned};
+
+/// How many console lines a failed record keeps.
+pub const CONSOLE_TAIL: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Image(#[from] image::ImageError),
+    /// The host cannot run the backend; the message says what to do.
+    #[error("{0}")]
+    Preflight(String),
+    #[error("sandbox {name} failed to start: {reason}{}", last_line(console_tail))]
+    BootFailed {
+        name: String,
+        reason: String,
+        console_tail: Vec<String>,
+    },
+    #[error("sandbox {0} is not running")]
+    NotRunning(String),
+    #[error("sandbox {0} is running: stop it first, or use box rm -f")]
+    IsRunning(String),
+    #[error("talking to sandbox {name}: {source}")]
+    Guest {
+        name: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("{0}")]
+    Io(String),
+}
+
+fn last_line(tail: &[String]) -> String {
+    match tail.last() {
+        Some(l) => format!(" (console: {l})"),
+        None => String::new(),
+    }
+}
+
+/// What `box run` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    pub name: Option<String>,
+    pub image: String,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    /// `KEY=VALUE`, over the image's environment.
+    pub env: Vec<String>,
+    /// Replaces the image's Cmd (the Entrypoint stays), as with OCI runtimes' `run`.
+    pub command: Vec<String>,
+    pub io: StdioRequest,
+    pub auto_remove: bool,
+    /// How long a guest that runs but never answers is waited for.
+    pub boot_backstop: Option<Duration>,
+}
+
+pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const DEFAULT_BACKSTOP: Duration = Duration::from_secs(120);
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64
+            ^ (std::process::id() as u64) << 32;
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (t >> ((i % 8) * 8)) as u8;
+        }
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An OCI process spec.
+pub fn process_spec(args: &[String], env: &[String], cwd: &str, terminal: bool) -> Value {
+    json!({
+        "terminal": terminal,
+        "user": {"uid": 0, "gid": 0},
+        "args": args,
+        "env": env,
+        "cwd": if cwd.is_empty() { "/" } else { cwd },
+    })
+}
+
+/// The container's OCI runtime spec; its root is the overlay guest-init mounts at `rootfs`.
+pub fn container_spec(hostname: &str, process: Value) -> Value {
+    json!({
+        "ociVersion": "1.0.2",
+        "process": process,
+        "root": {"path": "rootfs"},
+        "hostname": hostname,
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}
+        ]
+    })
+}
+
+/// Merges `KEY=VALUE` lists, later keys winning, order of first appearance kept.
+pub fn merge_env(lists: &[&[String]]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for list in lists {
+        for kv in *list {
+            let key = kv.split('=').next().unwrap_or(kv);
+            match out
+                .iter_mut()
+                .find(|e| e.split('=').next().unwrap_or(e) == key)
+            {
+                Some(slot) => *slot = kv.clone(),
+                None => out.push(kv.clone()),
+            }
+        }
+    }
+    out
+}
+
+/// A created (or re-attached) sandbox and a client connected to its guest.
+pub struct Sandbox {
+    pub record: Record,
+    pub client: GuestClient,
+    root: StateRoot,
+    /// Set when this process spawned the sandbox's process.
+    pub process: Option<Spawned>,
+    /// When this process began creating the sandbox (for the phase timings logged at info).
+    began: std::time::Instant,
+}
+
+/// Marks a record `Failed` with the reason and the console tail; returns the tail.
+pub fn mark_failed(root: &StateRoot, name: &str, reason: &str) -> Vec<String> {
+    let r = root.update(name, |r| {
+        let tail = state::tail_lines(&[&r.paths.console, &r.paths.vmm_log], CONSOLE_TAIL);
+        r.state = SandboxState::Failed;
+        r.error = Some(reason.to_string());
+        r.console_tail = tail.clone();
+        r.finished_at = Some(state::now());
+        tail
+    });
+    match r {
+        Ok((_, tail)) => tail,
+        Err(e) => {
+            tracing::warn!("recording the failure of {name}: {e}");
+            Vec::new()
+        }
+    }
+}
+
+impl Sandbox {
+    /// Boots a sandbox and creates its container (not started yet).
+    pub async fn create(
+        root: &StateRoot,
+        backend: &dyn Backend,
+        opts: &CreateOptions,
+    ) -> Result<Sandbox, SandboxError> {
+        let began = std::time::Instant::now();
+        backend.preflight()?;
+        let image = image::resolve(&opts.image, &root.images_dir())?;
+        let mut args = image.config.entrypoint.clone();
+        if opts.command.is_empty() {
+            args.extend(image.config.cmd.iter().cloned());
+        } else {
+            args.extend(opts.command.iter().cloned());
+        }
+        if args.is_empty() {
+            args.push("/bin/sh".into());
+        }
+        let terminal_env = if opts.io.terminal {
+            vec!["TERM=xterm".to_string()]
+        } else {
+            Vec::new()
+        };
+        let base = [DEFAULT_PATH.to_string(), "HOME=/root".to_string()];
+        let env = merge_env(&[&base, &image.config.env, &terminal_env, &opts.env]);
+        let name = opts
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("box-{}", random_hex(4)));
+        let dir = root.reserve(&name)?;
+        let paths = Paths {
+            dir: dir.clone(),
+            console: dir.join("console.log"),
+            vmm_log: dir.join("vmm.log"),
+            container_log: dir.join("container.log"),
+            endpoint: backend.endpoint_path(&dir),
+            disk: None,
+            rootfs: Some(image.rootfs.clone()),
+        };
+        let record = Record {
+            name: name.clone(),
+            id: random_hex(8),
+            image: opts.image.clone(),
+            backend: backend.kind(),
+            state: SandboxState::Creating,
+            pids: Pids::default(),
+            created_at: state::now(),
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            error: None,
+            console_tail: Vec::new(),
+            paths,
+            config: RunConfig {
+                cpus: opts.cpus,
+                memory_mib: opts.memory_mib,
+                command: args,
+                env,
+                cwd: image.config.working_dir.clone(),
+                auto_remove: opts.auto_remove,
+            },
+        };
+        root.write(&record)?;
+        // From here on every failure is recorded, and the record stays until `box rm`.
+        let mut process = None;
+        match Self::boot(root, backend, opts, &image, record, &mut process, began).await {
+            Ok(sb) => Ok(sb),
+            Err(reason) => {
+                let console_tail = mark_failed(root, &name, &reason);
+                Err(SandboxError::BootFailed {
+                    name,
+                    reason,
+                    console_tail,
+                })
+            }
+        }
+    }
+
+    async fn boot(
+        root: &StateRoot,
+        backend: &dyn Backend,
+        opts: &CreateOptions,
+        image: &image::ResolvedImage,
+        mut record: Record,
+        process: &mut Option<Spawned>,
+        began: std::time::Instant,
+    ) -> Result<Sandbox, String> {
+        let phase = |what: &str| tracing::info!("{}: {what} at {:?}", record.name, began.elapsed());
+        let (disk, mounts) = backend
+            .prepare_rootfs(image, root, &record.paths.dir)
+            .map_err(|e| e.to_string())?;
+        record.paths.disk = disk;
+        root.write(&record).map_err(|e| e.to_string())?;
+        let spawned = backend
+            .launch(&LaunchSpec {
+                paths: &record.paths,
+                cpus: record.config.cpus,
+                memory_mib: record.config.memory_mib,
+            })
+            .map_err(|e| e.to_string())?;
+        *process = Some(spawned.clone());
+        phase("process launched");
+        record.pids.vmm = Some(spawned.proc_ref);
+        root.write(&record).map_err(|e| e.to_string())?;
+        let endpoint = backend::endpoint(record.backend, &record.paths);
+        let backstop = opts.boot_backstop.unwrap_or(DEFAULT_BACKSTOP);
+        let client = readiness::wait_ready(&endpoint, &spawned, backstop)
+            .await
+            .map_err(|e| match e {
+                readiness::ReadyError::Exited(code) => backend.explain_exit(code),
+                other => other.to_string(),
+            })?;
+        phase("guest ready");
+        if record.backend == BackendKind::HostProcess {
+            record.pids.init = host_init_pid(spawned.proc_ref.pid);
+        }
+        root.write(&record).map_err(|e| e.to_string())?;
+        let spec = container_spec(
+            &record.name,
+            process_spec(
+                &record.config.command,
+                &record.config.env,
+                &record.config.cwd,
+                opts.io.terminal,
+            ),
+        );
+        let bundle = backend.bundle_dir(&record.paths, &record.id);
+        client
+            .create_described(&record.id, &bundle, &opts.io, Some(&spec), mounts)
+            .await
+            .map_err(|e| format!("creating the container: {e}"))?;
+        phase("container created");
+        Ok(Sandbox {
+            record,
+            client,
+            root: root.clone(),
+            process: process.clone(),
+            began,
+        })
+    }
+
+    /// Re-attaches to a running sandbox from its record.
+    pub async fn attach(root: &StateRoot, name: &str) -> Result<Sandbox, SandboxError> {
+        let record = root.load(name)?;
+        if effective_state(&record) != SandboxState::Running {
+            return Err(SandboxError::NotRunning(name.into()));
+        }
+        let endpoint = backend::endpoint(record.backend, &record.paths);
+        let guest = |source| SandboxError::Guest {
+            name: name.into(),
+            source,
+        };
+        let client = tokio::time::timeout(readiness::ATTEMPT, GuestClient::connect(endpoint))
+            .await
+            .map_err(|_| guest(ClientError::Timeout(readiness::ATTEMPT)))?
+            .map_err(guest)?;
+        client.health(readiness::ATTEMPT).await.map_err(guest)?;
+        Ok(Sandbox {
+            record,
+            client,
+            root: root.clone(),
+            process: None,
+            began: std::time::Instant::now(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.record.name
+    }
+
+    pub fn container_id(&self) -> &str {
+        &self.record.id
+    }
+
+    pub fn root(&self) -> &StateRoot {
+        &self.root
+    }
+
+    /// Starts the main process: the sandbox is `Running`.
+    pub async fn start(&mut self) -> Result<u32, SandboxError> {
+        match self.client.start(&self.record.id, "").await {
+            Ok(pid) => {
+                let (r, ()) = self.root.update(&self.record.name, |r| {
+                    r.state = SandboxState::Running;
+                    r.started_at = Some(state::now());
+                })?;
+                self.record = r;
+                tracing::info!(
+                    "{}: container started at {:?}",
+                    self.record.name,
+                    self.began.elapsed()
+                );
+                Ok(pid)
+            }
+            Err(e) => {
+                let reason = format!("starting the container: {e}");
+                let console_tail = mark_failed(&self.root, &self.record.name, &reason);
+                Err(SandboxError::BootFailed {
+                    name: self.record.name.clone(),
+                    reason,
+                    console_tail,
+                })
+            }
+        }
+    }
+
+    /// Records a process of this sandbox in its record (the log pump of `box run -d`).
+    pub fn set_log_pump(&mut self, pump: ProcRef) -> Result<(), SandboxError> {
+        let (r, ()) = self
+            .root
+            .update(&self.record.name, |r| r.pids.log_pump = Some(pump))?;
+        self.record = r;
+        Ok(())
+    }
+}
+
+/// The host pid of guest-init, the child of `unshare`.
+fn host_init_pid(unshare: i32) -> Option<ProcRef> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).ok()?;
+    let pid = children.split_whitespace().next()?.parse().ok()?;
+    ProcRef::of(pid)
+}
+
+/// The state as it is now: a `Creating` or `Running` record whose process is gone is
+/// `Exited`.
+pub fn effective_state(r: &Record) -> SandboxState {
+    match r.state {
+        SandboxState::Creating | SandboxState::Running
+            if !r.pids.vmm.is_some_and(|p| p.is_alive()) =>
+        {
+            SandboxState::Exited
+        }
+        s => s,
+    }
+}
+
+fn is_self(p: &ProcRef) -> bool {
+    p.pid == std::process::id() as i32
+}
+
+fn kill_and_wait(p: &ProcRef, sig: i32, limit: Duration) -> bool {
+    if is_self(p) {
+        return true;
+    }
+    p.signal(sig);
+    p.wait_gone(limit)
+}
+
+/// Records the main process's exit.
+pub fn record_exit(
+    root: &StateRoot,
+    name: &str,
+    code: Option<i32>,
+) -> Result<Record, SandboxError> {
+    let (r, ()) = root.update(name, |r| {
+        if r.state != SandboxState::Failed {
+            r.state = SandboxState::Exited;
+        }
+        if code.is_some() {
+            r.exit_code = code;
+        }
+        r.finished_at.get_or_insert_with(state::now);
+    })?;
+    Ok(r)
+}
+
+/// Stops a sandbox: asks guest-init to shut down (SIGTERM to everything, SIGKILL after
+/// `grace`), waits for the sandbox's process, kills it if it lingers. The record stays.
+pub async fn stop(root: &StateRoot, name: &str, grace: Duration) -> Result<Record, SandboxError> {
+    let r = root.load(name)?;
+    let endpoint = backend::endpoint(r.backend, &r.paths);
+    if let Some(vmm) = r.pids.vmm.filter(|p| p.is_alive()) {
+        let asked = async {
+            let c = tokio::time::timeout(readiness::ATTEMPT, GuestClient::connect(endpoint))
+                .await
+                .ok()?
+                .ok()?;
+            tokio::time::timeout(readiness::ATTEMPT, c.shutdown(grace))
+                .await
+                .ok()?
+                .ok()
+        }
+        .await
+        .is_some();
+        let gone = asked && {
+            let limit = grace + Duration::from_secs(5);
+            tokio::task::spawn_blocking(move || vmm.wait_gone(limit))
+                .await
+                .unwrap_or(false)
+        };
+        if !gone {
+            tracing::info!("{name}: sandbox process still alive, killing it");
+            tokio::task::spawn_blocking(move || {
+                kill_and_wait(&vmm, libc::SIGKILL, Duration::from_secs(10))
+            })
+            .await
+            .ok();
+        }
+    }
+    let pids = r.pids.clone();
+    tokio::task::spawn_blocking(move || {
+        for p in pids.vmm.iter().chain(&pids.init) {
+            kill_and_wait(p, libc::SIGKILL, Duration::from_secs(10));
+        }
+        // The log pump ends by itself once the sandbox is gone, after recording the exit
+        // code (and removing the sandbox, for --rm): give it that chance.
+        if let Some(p) = pids.log_pump.filter(|p| !is_self(p)) {
+            if !p.wait_gone(Duration::from_secs(10)) {
+                kill_and_wait(&p, libc::SIGKILL, Duration::from_secs(10));
+            }
+        }
+    })
+    .await
+    .ok();
+    match record_exit(root, name, None) {
+        // `run -d --rm`: the log pump removed the sandbox as it ended.
+        Err(SandboxError::State(StateError::Unknown(_))) => Ok(Record {
+            state: SandboxState::Exited,
+            ..r
+        }),
+        other => other,
+    }
+}
+
+/// Removes a sandbox's record and files. A running one needs `force`; its processes are
+/// killed first (SIGKILL) and waited for.
+pub fn remove(root: &StateRoot, name: &str, force: bool) -> Result<(), SandboxError> {
+    let r = root.load(name)?;
+    if effective_state(&r) == SandboxState::Running && !force {
+        return Err(SandboxError::IsRunning(name.into()));
+    }
+    for p in r.pids.all() {
+        if !kill_and_wait(p, libc::SIGKILL, Duration::from_secs(10)) {
+            return Err(SandboxError::Io(format!(
+                "process {} of sandbox {name} did not exit after SIGKILL",
+                p.pid
+            )));
+        }
+    }
+    root.remove(name)?;
+    Ok(())
+}
+
+/// The sandbox's container log path (kept by `box run -d`).
+pub fn log_path(r: &Record) -> PathBuf {
+    r.paths.container_log.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_merges_with_later_keys_winning() {
+        let a = vec!["PATH=/bin".to_string(), "A=1".to_string()];
+        let b = vec!["A=2".to_string(), "B=3".to_string()];
+        assert_eq!(merge_env(&[&a, &b]), vec!["PATH=/bin", "A=2", "B=3"]);
+    }
+
+    #[test]
+    fn boot_failure_message_names_the_console() {
+        let e = SandboxError::BootFailed {
+            name: "x".into(),
+            reason: "box-vmm exited with code 10".into(),
+            console_tail: vec!["a".into(), "Kernel panic".into()],
+        };
+        assert_eq!(
+            e.to_string(),
+            "sandbox x failed to start: box-vmm exited with code 10 (console: Kernel panic)"
+        );
+    }
+}

@@ -1,0 +1,686 @@
+//! The `box` CLI end to end on the host-process test backend (`BOX_BACKEND=host-process`):
+//! the real binary, the real sandbox library and a real guest-init as PID 1 of a namespace.
+//! These are the end-to-end scenarios of issue 4, minus the microVM itself.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use box_tests::cli::{pid_alive, write_oci_layout, BoxEnv};
+use box_tests::host_init::BACKSTOP;
+use box_tests::require_host_tier;
+
+fn pids_of(rec: &serde_json::Value) -> Vec<i64> {
+    ["vmm", "init", "log_pump"]
+        .iter()
+        .filter_map(|k| rec["pids"][k]["pid"].as_i64())
+        .collect()
+}
+
+#[test]
+fn c1_run_echo_prints_exactly_hi_and_rm_leaves_nothing() {
+    require_host_tier!();
+    let env = BoxEnv::new();
+    let o = env.run(&["run", "--rm", env.image(), "--", "echo", "hi"]);
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (0, "hi\n"),
+        "stderr: {}",
+        o.stderr
+    );
+    assert!(env.sandboxes().is_empty(), "--rm removes the record");
+    // Without --rm the record stays, Exited with the code.
+    let o = env.run(&["run", "--name", "kept", env.image(), "--", "echo", "hi"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let rec = env.record("kept");
+    assert_eq!(rec["state"], "Exited");
+    assert_eq!(rec["exit_code"], 0);
+    for pid in pids_of(&rec) {
+        assert!(!pid_alive(pid), "pid {pid} of an ended sandbox still runs");
+    }
+}
+
+#[test]
+fn c2_exit_codes_pass_through() {
+    require_host_tier!();
+    let env = BoxEnv::new();
+    let o = env.run(&["run", "--rm", env.image(), "--", "sh", "-c", "exit 7"]);
+    assert_eq!(o.code, 7, "{}", o.stderr);
+    let o = env.run(&["run", "--rm", env.image(), "--", "sh", "-c", "kill -9 $$"]);
+    assert_eq!(o.code, 137, "signal n is 128+n: {}", o.stderr);
+    let o = env.run(&[
+        "run",
+        "--rm",
+        "--env",
+        "GREETING=hello there",
+        env.image(),
+        "--",
+        "sh",
+        "-c",
+        "echo $GREETING; echo oops >&2",
+    ]);
+    assert_eq!(o.stdout, "hello there\n");
+    assert_eq!(o.stderr, "oops\n", "stderr stays stderr");
+}
+
+#[test]
+fn c3_stdin_is_piped_with_eof() {
+    require_host_tier!();
+    let env = BoxEnv::new();
+    let mut cmd = env.command(&["run", "--rm", "-i", env.image(), "--", "cat"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"abc\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(o.stdout, b"abc\n");
+}
+
+#[test]
+fn c4_detached_sandbox_exec_logs_stop_rm() {
+    require_host_tier!();
+    let env = BoxEnv::new();
+    let o = env.run(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        env.image(),
+        "--",
+        "sh",
+        "-c",
+        "echo started; echo warn >&2; exec sleep 100000",
+    ]);
+    assert_eq!((o.code, o.stdout.as_str()), (0, "web\n"), "{}", o.stderr);
+    // The box process is gone; the sandbox is not.
+    let o = env.run(&["exec", "web", "--", "sh", "-c", "exit 5"]);
+    assert_eq!(o.code, 5, "{}", o.stderr);
+    let o = env.run(&["exec", "web", "--", "true"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let mut cmd = env.command(&["exec", "-i", "web", "--", "sh", "-c", "cat; exit 9"]);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"xyz\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        (o.status.code(), o.stdout.as_slice()),
+        (Some(9), &b"xyz\n"[..]),
+        "exec -i"
+    );
+    let o = env.run(&["exec", "web", "--", "cat", "/proc/1/cmdline"]);
+    assert!(
+        o.stdout.contains("box-init"),
+        "exec runs in the sandbox: {o:?}",
+        o = o.stdout
+    );
+    let o = env.run(&["ps"]);
+    let line = o
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("web "))
+        .expect("web in ps");
+    assert!(
+        line.contains("Running") && line.contains(env.image()),
+        "{line}"
+    );
+    // The log pump keeps the output; wait for it (bounded), as it arrives asynchronously.
+    let deadline = Instant::now() + BACKSTOP;
+    let logs = loop {
+        let o = env.run(&["logs", "web"]);
+        if o.stdout.contains("started") && o.stdout.contains("warn") || Instant::now() > deadline {
+            break o.stdout;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        logs.contains("started\n") && logs.contains("warn\n"),
+        "{logs:?}"
+    );
+    let o = env.run(&["rm", "web"]);
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("is running"), "{}", o.stderr);
+    let rec = env.record("web");
+    let o = env.run(&["stop", "-t", "2", "web"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let rec_after = env.record("web");
+    assert_eq!(rec_after["state"], "Exited");
+    assert_eq!(
+        rec_after["exit_code"], 143,
+        "sleep got the SIGTERM of Shutdown"
+    );
+    for pid in pids_of(&rec) {
+        assert!(!pid_alive(pid), "pid {pid} survived stop");
+    }
+    let o = env.run(&["ps", "-a"]);
+    assert!(
+        o.stdout
+            .lines()
+            .any(|l| l.starts_with("web ") && l.contains("Exited")),
+        "{}",
+        o.stdout
+    );
+    let o = env.run(&["exec", "web", "--", "true"]);
+    assert!(o.stderr.contains("not running"), "{}", o.stderr);
+    assert_eq!(env.run(&["rm", "web"]).code, 0);
+    assert!(env.sandboxes().is_empty());
+}
+
+#[test]
+fn c6_a_hundred_orphans_leave_no_zombie() {
+    require_host_tier!();
+    let env = BoxEnv::new();
+    let o = env.run(&[
+        "run",
+        "-d",
+        "--name",
+        "z",
+        env.image(),
+        "--",
+        "sleep",
+        "100000",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    // Each subshell exits at once; its `sleep` is orphaned to PID 1 (box-init).
+    let o = env.run(&[
+        "exec",
+        "z",
+        "--",
+        "sh",
+        "-c",
+        "for i in $(seq 100); do (sleep 1 &); done",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let count = "n=0; z=0; for s in /proc/[0-9]*/stat; do read -r l < $s 2>/dev/null || continue; \
+                 case \"$l\" in *'(sleep) '*) n=$((n+1));; esac; \
+                 case \"$l\" in *') Z '*) z=$((z+1));; esac; done; echo $n $z";
+    let sample = || -> (u32, u32) {
+        let o = env.run(&["exec", "z", "--", "sh", "-c", count]);
+        let v: Vec<u32> = o
+            .stdout
+            .split_whitespace()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        (v[0], v[1])
+    };
+    let (sleeping, _) = sample();
+    assert!(
+        sleeping >= 50,
+        "the orphans exist first ({sleeping} sleeps)"
+    );
+    // The main `sleep 100000` stays; the orphans exit and are reaped by PID 1.
+    let deadline = Instant::now() + BACKSTOP;
+    let last = loop {
+        let s = sample();
+        if s == (1, 0) || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        last,
+        (1, 0),
+        "(sleep processes, zombies) after the orphans exited"
+    );
+}
+
+#[test]
+fn c7_a_boot_failure_is_recorded_until_rm() {
+    require_host_tier!();
+    let env = BoxEnv::new();
+    let bogus = env.dir.join("bogus-init");
+    std::fs::write(
+        &bogus,
+        "#!/bin/sh\necho 'bogus init: no root device' >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&bogus, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let o = env.run_cmd(
+        env.command(&["run", "--name", "broken", env.image(), "--", "true"])
+            .env("BOX_INIT_BIN", &bogus),
+    );
+    assert_eq!(o.code, 125);
+    assert_eq!(o.stderr.lines().count(), 1, "one line: {}", o.stderr);
+    assert!(
+        o.stderr.contains("guest init exited with code 3")
+            && o.stderr.contains("bogus init: no root device"),
+        "{}",
+        o.stderr
+    );
+    let o = env.run(&["ps"]);
+    assert!(!o.stdout.contains("broken"), "not running: {}", o.stdout);
+    let o = env.run(&["ps", "-a"]);
+    let line = o
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("broken "))
+        .expect("in ps -a");
+    assert!(
+        line.contains("Failed") && line.contains("exited with code 3"),
+        "{line}"
+    );
+    let rec = env.record("broken");
+    assert_eq!(rec["state"], "Failed");
+    assert!(
+        rec["console_tail"].to_string().contains("bogus init"),
+        "{rec}"
+    );
+    let o = env.run(&["inspect", "broken"]);
+    let inspected: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(inspected, rec);
+    assert!(
+        env.sandbox_dir("broken").join("console.log").exists(),
+        "files kept"
+    );
+    assert_eq!(env.run(&["rm", "broken"]).code, 0);
+    assert!(!env.sandbox_dir("broken").exists());
+}
+
+#[test]
+fn c8_rm_force_kills_everything_and_removes_the_record() {
+    require_host_tier!();
+    let env = BoxEnv::new();
+    let o = env.run(&[
+        "run",
+        "-d",
+        "--name",
+        "victim",
+        env.image(),
+        "--",
+        "sleep",
+        "100000",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let rec = env.record("victim");
+    let pids = pids_of(&rec);
+    assert_eq!(pids.len(), 3, "unshare, init and the log pump: {rec}");
+    for &pid in &pids {
+        assert!(pid_alive(pid));
+    }
+    let o = env.run(&["rm", "-f", "victim"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    for pid in pids {
+        assert!(!pid_alive(pid), "pid {pid} survived rm -f");
+    }
+    assert!(!env.sandbox_dir("victim").exists());
+    let o = env.run(&["inspect", "victim"]);
+    assert!(
+        o.stderr.contains("no sandbox named \"victim\""),
+        "{}",
+        o.stderr
+    );
+}
+
+#[test]
+fn c9_errors_are_one_clear_line() {
+    require_host_tier!();
+    let env = BoxEnv::new();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["run", "/nonexistent/image", "--", "true"],
+            "image /nonexistent/image: no such file or directory",
+        ),
+        (
+            vec!["exec", "ghost", "--", "true"],
+            "no sandbox named \"ghost\"",
+        ),
+        (vec!["stop", "ghost"], "no sandbox named \"ghost\""),
+        (vec!["logs", "ghost"], "no sandbox named \"ghost\""),
+    ];
+    for (args, want) in cases {
+        let o = env.run(&args);
+        assert_eq!(o.code, 125, "{args:?}");
+        assert_eq!(o.stderr.trim(), format!("box: {want}"), "{args:?}");
+    }
+    assert_eq!(
+        env.run(&["run", "--name", "dup", env.image(), "--", "true"])
+            .code,
+        0
+    );
+    let o = env.run(&["run", "--name", "dup", env.image(), "--", "true"]);
+    assert_eq!(
+        o.stderr.trim(),
+        "box: a sandbox named \"dup\" already exists"
+    );
+    let o = env.run_cmd(
+        env.command(&["run", env.image(), "--", "true"])
+            .env("BOX_INIT_BIN", "/nonexistent/box-init"),
+    );
+    assert!(
+        o.stderr
+            .contains("guest init /nonexistent/box-init is missing"),
+        "{}",
+        o.stderr
+    );
+    // The default backend on a host without usable KVM says what to do.
+    let o = env.run_cmd(
+        env.command(&["run", env.image(), "--", "true"])
+            .env_remove("BOX_BACKEND")
+            .env("BOX_KERNEL", "/nonexistent/vmlinux"),
+    );
+    assert_eq!(o.code, 125);
+    assert!(
+        o.stderr.contains("cargo xtask node")
+            || o.stderr.contains("cargo xtask images")
+            || o.stderr.contains("/dev/kvm"),
+        "{}",
+        o.stderr
+    );
+}
+
+#[test]
+fn c10_oci_layout_dir_and_tar_with_whiteouts_and_config() {
+    require_host_tier!();
+    let env = BoxEnv::new();
+    let extra = env.dir.join("extra");
+    std::fs::create_dir_all(extra.join("etc")).unwrap();
+    std::fs::write(extra.join("etc/greeting"), "from layer two\n").unwrap();
+    let layout = env.dir.join("layout");
+    write_oci_layout(
+        &layout,
+        &[
+            vec![(".".into(), Some(env.rootfs.clone()))],
+            vec![
+                ("etc/greeting".into(), Some(extra.join("etc/greeting"))),
+                ("bin/.wh.vi".into(), None),
+            ],
+        ],
+        serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Env": ["PATH=/bin", "FROM_IMAGE=yes"], "Cmd": ["sh", "-c", "echo default $FROM_IMAGE"], "WorkingDir": "/etc"}
+        }),
+    );
+    let tar_path = env.dir.join("layout.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&tar_path).unwrap());
+    b.append_dir_all(".", &layout).unwrap();
+    b.finish().unwrap();
+    for image in [layout.to_str().unwrap(), tar_path.to_str().unwrap()] {
+        let o = env.run(&["run", "--rm", image]);
+        assert_eq!(
+            o.stdout, "default yes\n",
+            "{image}: the config's Cmd and Env: {}",
+            o.stderr
+        );
+        let o = env.run(&[
+            "run",
+            "--rm",
+            image,
+            "--",
+            "sh",
+            "-c",
+            "cat greeting; test -e /bin/vi; echo $?",
+        ]);
+        assert_eq!(
+            o.stdout, "from layer two\n1\n",
+            "{image}: layers, whiteout, WorkingDir: {}",
+            o.stderr
+        );
+    }
+}
+
+#[test]
+fn c11_microvm_backend_builds_the_disk_and_records_a_vmm_failure() {
+    require_host_tier!();
+    if std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        eprintln!("SKIP: no usable /dev/kvm (preflight would refuse before box-vmm)");
+        return;
+    }
+    let env = BoxEnv::new();
+    // A stand-in box-vmm: records its arguments, then fails like a bad configuration would.
+    let args_file = env.dir.join("vmm-args");
+    let fake = env.dir.join("fake-vmm");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho \"$@\" > {}\necho 'box-vmm: bad --mem' >&2\nexit 12\n",
+            args_file.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    for f in ["vmlinux", "initrd"] {
+        std::fs::write(env.dir.join(f), "x").unwrap();
+    }
+    let o = env.run_cmd(
+        env.command(&[
+            "run",
+            "--name",
+            "vm",
+            "--memory",
+            "99",
+            env.image(),
+            "--",
+            "true",
+        ])
+        .env_remove("BOX_BACKEND")
+        .env("BOX_VMM", &fake)
+        .env("BOX_VMM_FORCE_PVM", "1")
+        .env("BOX_KERNEL", env.dir.join("vmlinux"))
+        .env("BOX_INITRD", env.dir.join("initrd")),
+    );
+    assert_eq!(o.code, 125);
+    assert!(
+        o.stderr.contains("box-vmm exited with code 12") && o.stderr.contains("bad --mem"),
+        "{}",
+        o.stderr
+    );
+    let rec = env.record("vm");
+    assert_eq!(rec["state"], "Failed");
+    let args = std::fs::read_to_string(&args_file).unwrap();
+    let disk = rec["paths"]["disk"].as_str().unwrap().to_string();
+    for want in [
+        format!("--disk {disk},ro"),
+        "--mem 99".into(),
+        format!("--vsock-uds {}", rec["paths"]["endpoint"].as_str().unwrap()),
+        format!("--console {}", rec["paths"]["console"].as_str().unwrap()),
+    ] {
+        assert!(args.contains(&want), "{want:?} missing in {args:?}");
+    }
+    // The disk is ext4 (magic 0xEF53 at byte 1080) holding the image.
+    let mut f = std::fs::File::open(&disk).unwrap();
+    let mut sb = [0u8; 1082];
+    f.read_exact(&mut sb).unwrap();
+    assert_eq!(&sb[1080..1082], &[0x53, 0xef]);
+    if let Ok(o) = Command::new("debugfs")
+        .args(["-R", "ls /bin"])
+        .arg(&disk)
+        .output()
+    {
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("busybox"),
+            "{o:?}"
+        );
+    }
+    assert_eq!(env.run(&["rm", "vm"]).code, 0);
+}
+
+/// Reads the pty master on a thread into a shared buffer.
+fn pty_reader(master: OwnedFd) -> Arc<Mutex<Vec<u8>>> {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let b = buf.clone();
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::from(master);
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = f.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            b.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    buf
+}
+
+fn wait_for(buf: &Mutex<Vec<u8>>, want: &str) {
+    let deadline = Instant::now() + BACKSTOP;
+    while Instant::now() < deadline {
+        if String::from_utf8_lossy(&buf.lock().unwrap()).contains(want) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "{want:?} never came: {:?}",
+        String::from_utf8_lossy(&buf.lock().unwrap())
+    );
+}
+
+fn set_size(fd: i32, rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the struct we pass.
+    assert_eq!(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) }, 0);
+}
+
+#[test]
+fn c5_interactive_terminal_through_a_real_pty() {
+    require_host_tier!();
+    let env = BoxEnv::new();
+    let pty = nix::pty::openpty(None, None).unwrap();
+    set_size(pty.master.as_raw_fd(), 24, 80);
+    let before = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
+    let mut cmd = env.command(&["run", "--rm", "-it", env.image(), "--", "sh"]);
+    cmd.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(pty.slave.try_clone().unwrap()));
+    // SAFETY: setsid and ioctl are async-signal-safe: box gets the pty as its controlling
+    // terminal, as in a real login, so resizes reach it as SIGWINCH.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let master_fd = pty.master.as_raw_fd();
+    let mut writer = std::fs::File::from(pty.master.try_clone().unwrap());
+    let out = pty_reader(pty.master);
+    writer.write_all(b"stty size; echo hel''lo\r").unwrap();
+    wait_for(&out, "hello");
+    wait_for(&out, "24 80");
+    set_size(master_fd, 50, 132);
+    // The resize travels asynchronously (SIGWINCH -> ResizePty): ask until it shows.
+    let deadline = Instant::now() + BACKSTOP;
+    loop {
+        writer.write_all(b"stty size\r").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        if String::from_utf8_lossy(&out.lock().unwrap()).contains("50 132")
+            || Instant::now() > deadline
+        {
+            break;
+        }
+    }
+    wait_for(&out, "50 132");
+    // ^C is a byte to the container's terminal: it interrupts the sleep, not box.
+    writer.write_all(b"sleep 100000\r").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    writer.write_all(b"\x03").unwrap();
+    writer.write_all(b"echo after-$((1+1))\r").unwrap();
+    wait_for(&out, "after-2\r\n");
+    writer.write_all(b"exit 4\r").unwrap();
+    let code = child.wait().unwrap().code();
+    assert_eq!(
+        code,
+        Some(4),
+        "{:?}",
+        String::from_utf8_lossy(&out.lock().unwrap())
+    );
+    let after = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
+    assert_eq!(
+        after.local_flags, before.local_flags,
+        "terminal mode restored"
+    );
+    assert_eq!(
+        after.input_flags, before.input_flags,
+        "terminal mode restored"
+    );
+}
+
+/// Polls `check` until it holds, at most [`BACKSTOP`].
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + BACKSTOP;
+    while !check() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn c12_detached_main_exit_is_recorded_and_rm_honoured() {
+    require_host_tier!();
+    let env = BoxEnv::new();
+    let o = env.run(&[
+        "run",
+        "-d",
+        "--name",
+        "ends",
+        env.image(),
+        "--",
+        "sh",
+        "-c",
+        "echo out; exit 3",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    eventually("the exit of ends is recorded", || {
+        env.record("ends")["state"] == "Exited"
+    });
+    let rec = env.record("ends");
+    assert_eq!(rec["exit_code"], 3);
+    assert_eq!(env.run(&["logs", "ends"]).stdout, "out\n");
+    eventually("the sandbox of ends is down", || {
+        pids_of(&rec).iter().all(|&p| !pid_alive(p))
+    });
+    // --rm with -d: the log pump removes the sandbox when its main process ends ...
+    let o = env.run(&[
+        "run",
+        "-d",
+        "--rm",
+        "--name",
+        "gone",
+        env.image(),
+        "--",
+        "true",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    eventually("gone is removed", || !env.sandbox_dir("gone").exists());
+    // ... and when it is stopped.
+    let o = env.run(&[
+        "run",
+        "-d",
+        "--rm",
+        "--name",
+        "stopped",
+        env.image(),
+        "--",
+        "sleep",
+        "100000",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = env.run(&["stop", "-t", "1", "stopped"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    eventually("stopped is removed", || {
+        !env.sandbox_dir("stopped").exists()
+    });
+}
