@@ -11,6 +11,7 @@ mod l1init;
 mod node;
 mod oci;
 mod paths;
+mod product;
 mod tree;
 mod util;
 mod vmsmoke;

@@ -38,7 +38,9 @@ pub struct NodeArgs {
     #[arg(long, value_name = "SECS", default_value_t = 1200)]
     pub timeout: u64,
     /// The shell command to run in L1 (with `sh -c`; several words are joined with spaces).
-    /// In it, $BOX_KERNEL, $BOX_VMLINUX and $BOX_MODULES name the guest kernel and its modules.
+    /// In it, `box` and `box-vmm` are on PATH, $BOX_TEST_IMAGE names the busybox test image,
+    /// and $BOX_KERNEL, $BOX_INITRD, $BOX_VMLINUX and $BOX_MODULES the guest kernel, initramfs
+    /// and modules.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
@@ -108,10 +110,19 @@ pub struct NodeOutcome {
 
 /// `cargo xtask node`: returns the command's exit code.
 pub fn cmd(args: NodeArgs) -> Result<i32> {
+    let product = crate::product::prepare()?;
+    let mut bins = product.bins;
+    bins.extend(args.bins);
+    let mut files = product.files;
+    files.extend(args.files.into_iter().map(|f| (f.src, f.dest)));
     let spec = NodeSpec {
-        command: args.command.join(" "),
-        bins: args.bins,
-        files: args.files.into_iter().map(|f| (f.src, f.dest)).collect(),
+        command: format!(
+            "{}{}",
+            crate::product::env_prologue(),
+            args.command.join(" ")
+        ),
+        bins,
+        files,
         timeout: Duration::from_secs(args.timeout),
         stream: true,
     };

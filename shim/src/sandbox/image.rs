@@ -325,7 +325,8 @@ pub fn unpack_layer(layer: &Path, root: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// An ext4 image of `rootfs` at `dest`, made with `mkfs.ext4 -d` (built aside, then renamed).
+/// An ext4 image of `rootfs` at `dest`, made with `mke2fs -t ext4 -d` (built aside, then
+/// renamed). `mke2fs` by its own name: minimal hosts (the nested node) carry no `mkfs.ext4` link.
 pub fn build_ext4(image: &str, rootfs: &Path, dest: &Path) -> Result<(), ImageError> {
     let disk_err = |reason: String| ImageError::Disk {
         image: image.into(),
@@ -345,9 +346,11 @@ pub fn build_ext4(image: &str, rootfs: &Path, dest: &Path) -> Result<(), ImageEr
     let f = File::create(&tmp).map_err(|e| disk_err(format!("{}: {e}", tmp.display())))?;
     f.set_len(size).map_err(|e| disk_err(e.to_string()))?;
     drop(f);
-    let out = Command::new("mkfs.ext4")
+    let out = Command::new("mke2fs")
         // Read-only in the guest: no journal needed.
         .args([
+            "-t",
+            "ext4",
             "-q",
             "-F",
             "-L",
@@ -363,11 +366,11 @@ pub fn build_ext4(image: &str, rootfs: &Path, dest: &Path) -> Result<(), ImageEr
         .arg(rootfs)
         .arg(&tmp)
         .output()
-        .map_err(|e| disk_err(format!("running mkfs.ext4 (e2fsprogs): {e}")))?;
+        .map_err(|e| disk_err(format!("running mke2fs (e2fsprogs): {e}")))?;
     if !out.status.success() {
         let _ = std::fs::remove_file(&tmp);
         return Err(disk_err(format!(
-            "mkfs.ext4 failed: {}",
+            "mke2fs failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
