@@ -2,6 +2,7 @@
 
 mod ci;
 mod cpio;
+mod demo;
 mod host;
 mod images;
 mod kernel;
@@ -50,10 +51,13 @@ enum Cmd {
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Ci => ci::run_ci(),
-        Cmd::Demo => {
-            println!("cargo xtask demo: not yet available: `box run` in a real microVM arrives with the end-to-end issue");
-            Ok(())
-        }
+        Cmd::Demo => match demo::run() {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("xtask demo: {e:#}");
+                std::process::exit(125)
+            }
+        },
         Cmd::Node { args } => match node::cmd(args) {
             Ok(code) => std::process::exit(code),
             Err(e) => {
