@@ -3,6 +3,7 @@
 mod ci;
 mod cpio;
 mod demo;
+mod e2e;
 mod host;
 mod images;
 mod kernel;
@@ -33,6 +34,8 @@ enum Cmd {
     Ci,
     /// Run a command in a real microVM (the main job).
     Demo,
+    /// The end-to-end scenarios of `box` in real microVMs (nested node).
+    E2e,
     /// Run a shell command in an L1 node (Linux under qemu TCG with a real /dev/kvm), where
     /// microVMs boot. Exits with the command's exit code; 125 if the node itself failed.
     Node {
@@ -58,6 +61,7 @@ fn main() -> Result<()> {
                 std::process::exit(125)
             }
         },
+        Cmd::E2e => e2e::run(),
         Cmd::Node { args } => match node::cmd(args) {
             Ok(code) => std::process::exit(code),
             Err(e) => {

@@ -1,0 +1,126 @@
+//! `pty-drive -- CMD...`: runs CMD on a fresh pseudo-terminal as its controlling terminal, the
+//! way a person's terminal would, and checks an interactive shell session through it: a typed
+//! command is answered, a window resize shows in `stty size`, and `exit 4` ends CMD with 4.
+//! Used by the nested end-to-end tier for `box run -it` (busybox has no `script` or `expect`).
+//! Prints one line per check; exits 0 only if all passed.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BACKSTOP: Duration = Duration::from_secs(120);
+
+fn set_size(fd: RawFd, rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer; fd is our pty master.
+    unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+}
+
+fn reader(master: OwnedFd) -> Arc<Mutex<Vec<u8>>> {
+    let out = Arc::new(Mutex::new(Vec::new()));
+    let sink = out.clone();
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::from(master);
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = f.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    out
+}
+
+/// Waits until the terminal output contains `needle` (bounded by the backstop).
+fn wait_for(out: &Mutex<Vec<u8>>, needle: &str, mut nudge: impl FnMut()) -> bool {
+    let deadline = Instant::now() + BACKSTOP;
+    while Instant::now() < deadline {
+        if String::from_utf8_lossy(&out.lock().unwrap()).contains(needle) {
+            return true;
+        }
+        nudge();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip_while(|a| a != "--").skip(1).collect();
+    if args.is_empty() {
+        eprintln!("usage: pty-drive -- CMD [ARGS...]");
+        return ExitCode::from(2);
+    }
+    let pty = nix::pty::openpty(None, None).expect("openpty");
+    set_size(pty.master.as_raw_fd(), 24, 80);
+    let mut cmd = Command::new(&args[0]);
+    cmd.args(&args[1..])
+        .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(pty.slave.try_clone().unwrap()));
+    // SAFETY: setsid and ioctl are async-signal-safe; CMD gets the pty as its controlling
+    // terminal, so a resize reaches it as SIGWINCH.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn");
+    drop(pty.slave);
+    let master = pty.master.as_raw_fd();
+    let mut w = std::fs::File::from(pty.master.try_clone().unwrap());
+    let out = reader(pty.master);
+    let mut failed = 0;
+    let mut check = |name: &str, ok: bool| {
+        println!("{} pty: {name}", if ok { "ok" } else { "FAIL" });
+        if !ok {
+            failed += 1;
+        }
+    };
+    w.write_all(b"stty size; echo hel''lo\r").unwrap();
+    check("typed command answered", wait_for(&out, "hello", || {}));
+    check("initial size 24 80", wait_for(&out, "24 80", || {}));
+    set_size(master, 50, 132);
+    // The resize travels asynchronously (SIGWINCH -> ResizePty): ask until it shows.
+    check(
+        "resize shows in stty size",
+        wait_for(&out, "50 132", || {
+            let _ = w.write_all(b"stty size\r");
+        }),
+    );
+    w.write_all(b"exit 4\r").unwrap();
+    let deadline = Instant::now() + BACKSTOP;
+    let code = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s.code(),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                break None;
+            }
+        }
+    };
+    check(
+        &format!("exit 4 ends the session with 4 (got {code:?})"),
+        code == Some(4),
+    );
+    if failed > 0 {
+        eprintln!(
+            "terminal output: {:?}",
+            String::from_utf8_lossy(&out.lock().unwrap())
+        );
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,98 @@
+//! `cargo xtask e2e`: the end-to-end scenarios of `box` in real microVMs, in one nested-node
+//! boot. One line per scenario (`ok N ...` or `FAIL N ...: why`), then `N passed, N failed`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::node::{self, NodeSpec};
+use crate::{paths, product, util};
+
+/// The scenarios, as a script for L1's busybox sh. `box`, `box-vmm`, `pty-drive` are on PATH;
+/// `$BOX_TEST_IMAGE` is the busybox OCI layout.
+const SCRIPT: &str = r#"
+pass=0; fail=0
+ok() { echo "ok $1"; pass=$((pass+1)); }
+bad() { echo "FAIL $1: $2"; fail=$((fail+1)); }
+t() { date +%s.%N 2>/dev/null || date +%s; }
+IMG=$BOX_TEST_IMAGE
+
+t0=$(t)
+out=$(box run --rm "$IMG" -- echo hi 2>/tmp/e1); rc=$?
+t1=$(t)
+if [ "$out" = "hi" ] && [ $rc = 0 ]; then ok "1 box run --rm IMG -- echo hi prints exactly hi ($(echo "$t1 - $t0" | bc 2>/dev/null || echo ?) s)"; else bad "1 echo hi" "rc=$rc out=[$out] $(tail -3 /tmp/e1)"; fi
+
+box run --rm "$IMG" -- sh -c 'exit 7' 2>/tmp/e2; rc=$?
+if [ $rc = 7 ]; then ok "2 sh -c 'exit 7' exits 7"; else bad "2 exit 7" "rc=$rc $(tail -3 /tmp/e2)"; fi
+
+out=$(echo abc | box run --rm -i "$IMG" -- cat 2>/tmp/e3); rc=$?
+if [ "$out" = "abc" ] && [ $rc = 0 ]; then ok "3 echo abc | box run -i IMG -- cat prints abc"; else bad "3 stdin" "rc=$rc out=[$out] $(tail -3 /tmp/e3)"; fi
+
+name=$(box run -d --name det "$IMG" -- sleep 100000 2>/tmp/e4); rc=$?
+box exec det -- sh -c 'exit 5' 2>>/tmp/e4; r5=$?
+box exec det -- true 2>>/tmp/e4; r0=$?
+if [ $rc = 0 ] && [ "$name" = det ] && [ $r5 = 5 ] && [ $r0 = 0 ]; then ok "4 detached: exec 'exit 5' -> 5, exec true -> 0"; else bad "4 detached" "run=$rc name=[$name] exec5=$r5 exec0=$r0 $(tail -3 /tmp/e4)"; fi
+box rm -f det >/dev/null 2>&1
+
+if pty-drive -- box run --rm -it "$IMG" -- sh >/tmp/e5 2>&1; then ok "5 -it through a pty: answered, resize, exit 4"; else bad "5 -it" "$(grep -v '^ok' /tmp/e5 | tail -3)"; fi
+
+box run -d --name orph "$IMG" -- sleep 100000 >/dev/null 2>/tmp/e6
+box exec orph -- sh -c 'i=0; while [ $i -lt 100 ]; do (sleep 1 &); i=$((i+1)); done' 2>>/tmp/e6; rc=$?
+# Quiescence: the orphans exit after a second; then no sleeper but the main one, no zombie.
+n=0; left=x
+while [ $n -lt 120 ]; do
+  left=$(box exec orph -- sh -c 'cat /proc/[0-9]*/stat 2>/dev/null | grep -c -e "(sleep) [RSD]" -e ") Z "')
+  [ "$left" = 1 ] && break
+  n=$((n+1)); sleep 0.5
+done
+z=$(box exec orph -- sh -c 'cat /proc/[0-9]*/stat 2>/dev/null | grep -c ") Z "')
+if [ $rc = 0 ] && [ "$left" = 1 ] && [ "$z" = 0 ]; then ok "6 100 orphans: afterwards no zombie in the guest"; else bad "6 orphans" "spawner=$rc left=$left zombies=$z $(tail -3 /tmp/e6)"; fi
+box rm -f orph >/dev/null 2>&1
+
+head -c 200000 /dev/urandom > /tmp/corrupt.cpio
+BOX_INITRD=/tmp/corrupt.cpio box run --name broken "$IMG" -- true 2>/tmp/e7; rc=$?
+ps_line=$(box ps -a 2>&1 | grep broken)
+box rm broken 2>>/tmp/e7; rmrc=$?
+gone=$(box ps -a 2>&1 | grep -c broken)
+if [ $rc != 0 ] && [ -s /tmp/e7 ] && echo "$ps_line" | grep -q Failed && [ $rmrc = 0 ] && [ "$gone" = 0 ]; then ok "7 corrupt initramfs: box run fails ($(head -1 /tmp/e7 | cut -c1-120)), ps -a shows Failed, rm removes it"; else bad "7 boot failure" "rc=$rc ps=[$ps_line] rm=$rmrc gone=$gone $(head -2 /tmp/e7)"; fi
+
+box run -d --name victim "$IMG" -- sleep 100000 >/dev/null 2>/tmp/e8
+before=$(ps | grep -c '[b]ox-vmm')
+box rm -f victim 2>>/tmp/e8; rc=$?
+after=$(ps | grep -c '[b]ox-vmm')
+if [ $rc = 0 ] && [ "$before" -ge 1 ] && [ "$after" = 0 ] && [ ! -e "$BOX_STATE_DIR/sandboxes/victim" ]; then ok "8 rm -f of a running sandbox: no box-vmm left, state entry gone"; else bad "8 rm -f" "rc=$rc vmm before=$before after=$after $(ls $BOX_STATE_DIR/sandboxes 2>&1) $(tail -2 /tmp/e8)"; fi
+
+echo "e2e: $pass passed, $fail failed"
+echo "$pass passed, $fail failed"
+[ $fail = 0 ]
+"#;
+
+pub fn run() -> Result<()> {
+    let t0 = Instant::now();
+    let p = product::prepare()?;
+    util::run(util::cargo().args(["build", "-p", "box-tests", "--bin", "pty-drive"]))
+        .context("building pty-drive")?;
+    let mut spec = NodeSpec::new(format!("{}{SCRIPT}", product::env_prologue()));
+    spec.bins = p.bins;
+    spec.bins.push(paths::target_dir().join("debug/pty-drive"));
+    spec.files = p.files;
+    spec.timeout = Duration::from_secs(1200);
+    spec.stream = true;
+    let out = node::run_in_node(&spec)?;
+    let summary = out
+        .console
+        .lines()
+        .find(|l| l.starts_with("e2e: "))
+        .unwrap_or("e2e: no summary line")
+        .to_string();
+    eprintln!(
+        "xtask e2e: {summary} (L1 boot {:.1} s, node {:.1} s, all {:.1} s)",
+        out.boot_time.as_secs_f64(),
+        out.run_time.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+    if out.exit_code != 0 || !summary.contains(" 0 failed") {
+        bail!("end-to-end scenarios failed: {summary}");
+    }
+    Ok(())
+}
