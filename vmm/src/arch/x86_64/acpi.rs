@@ -11,7 +11,7 @@
 //! `virtio_mmio` driver matches), a `Memory32Fixed` window and an extended IRQ.
 
 use acpi_tables::aml::{
-    Device, Interrupt, Memory32Fixed, Name, Package, Path, ResourceTemplate, Scope,
+    Device, EISAName, Interrupt, Memory32Fixed, Name, Package, Path, ResourceTemplate, Scope, IO,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
@@ -80,7 +80,20 @@ pub fn dsdt_aml(devices: &[MmioDeviceInfo]) -> Vec<u8> {
     let devs: Vec<Device> = (0..devices.len())
         .map(|i| Device::new(Path::new(&names[i]), vec![&hid, &uid_names[i], &crs[i]]))
         .collect();
-    let children: Vec<&dyn Aml> = devs.iter().map(|d| d as &dyn Aml).collect();
+    // COM1 as a PNP0501 device. Without it the serial port has no interrupt in a stock kernel:
+    // on a hardware-reduced platform Linux has no legacy PIC, preallocates no ISA IRQs, and
+    // the 8250 driver's hard-coded IRQ 4 is not routed to IOAPIC pin 4, so the kernel's own
+    // (polled) printk output appears but every userspace write to the console stalls in the
+    // tty buffer. Described here, 8250_pnp takes the port over with an IRQ that ACPI mapped.
+    let com1_hid = Name::new(Path::new("_HID"), &EISAName::new("PNP0501"));
+    let com1_uid = Name::new(Path::new("_UID"), &0u32);
+    let com1_io = IO::new(SERIAL_PORT, SERIAL_PORT, 1, 8);
+    let com1_irq = Interrupt::new(true, true, false, false, SERIAL_IRQ);
+    let com1_res = ResourceTemplate::new(vec![&com1_io, &com1_irq]);
+    let com1_crs = Name::new(Path::new("_CRS"), &com1_res);
+    let com1 = Device::new(Path::new("COM1"), vec![&com1_hid, &com1_uid, &com1_crs]);
+    let mut children: Vec<&dyn Aml> = vec![&com1];
+    children.extend(devs.iter().map(|d| d as &dyn Aml));
     Scope::new(Path::new("\\_SB_"), children).to_aml_bytes(&mut aml);
     aml
 }
@@ -284,6 +297,19 @@ mod tests {
         ] {
             std::fs::write(dir.join(format!("{name}.dat")), table(&mem, at)).unwrap();
         }
+    }
+
+    #[test]
+    fn dsdt_describes_com1_with_its_irq() {
+        let aml = dsdt_aml(&[]);
+        // EISAName("PNP0501"): dword prefix 0x0c, compressed id 0x0105d041.
+        assert!(aml.windows(5).any(|w| w == [0x0c, 0x41, 0xd0, 0x05, 0x01]));
+        // IO descriptor: 0x47, decode16, min = max = 0x3f8, alignment 1, length 8.
+        let io = [0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08];
+        let pos = aml.windows(8).position(|w| w == io).unwrap();
+        // Extended IRQ 4 right after it.
+        assert_eq!(aml[pos + 8], 0x89);
+        assert_eq!(&aml[pos + 13..pos + 17], &4u32.to_le_bytes());
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub struct Connection {
     /// The host closed its end (read returned 0).
     host_eof: bool,
     shutdown_sent: bool,
+    /// The guest said it will send no more (SHUTDOWN with `SEND`).
+    guest_shut_send: bool,
+    /// The guest said it will receive no more (SHUTDOWN with `RCV`).
+    guest_shut_rcv: bool,
     credit_requested: bool,
     /// Control packets to send, in order.
     pub pending: VecDeque<Ctl>,
@@ -109,6 +113,8 @@ impl Connection {
             readable: false,
             host_eof: false,
             shutdown_sent: false,
+            guest_shut_send: false,
+            guest_shut_rcv: false,
             credit_requested: false,
             pending: VecDeque::new(),
         }
@@ -192,6 +198,7 @@ impl Connection {
             }
         }
         self.maybe_credit_update();
+        self.pass_on_guest_eof();
         Ok(())
     }
 
@@ -206,6 +213,11 @@ impl Connection {
     /// Reads from the host socket into the stash, within the guest's credit.
     pub fn fill_stash(&mut self) -> Result<(), Reset> {
         if self.state != State::Established {
+            return Ok(());
+        }
+        if self.guest_shut_rcv {
+            // Nobody will read it: drop what came and stop reading.
+            self.stash.clear();
             return Ok(());
         }
         while self.readable && !self.host_eof && self.stash.len() < MAX_PKT_DATA as usize {
@@ -276,6 +288,34 @@ impl Connection {
         self.preamble
             .extend(format!("OK {}\n", self.host_port).into_bytes());
         self.flush_tx()
+    }
+
+    /// The guest shut down one or both directions (SHUTDOWN `flags`). Data it sent before
+    /// still goes to the host socket; the host sees EOF only after it.
+    pub fn guest_shutdown(&mut self, flags: u32) {
+        self.guest_shut_send |= flags & super::shutdown::SEND != 0;
+        self.guest_shut_rcv |= flags & super::shutdown::RCV != 0;
+        if self.guest_shut_rcv {
+            self.stash.clear();
+        }
+        self.pass_on_guest_eof();
+    }
+
+    /// Half-closes the host socket once the guest is done sending and all of it went through.
+    fn pass_on_guest_eof(&mut self) {
+        if self.guest_shut_send && self.tx_buf.is_empty() && self.preamble.is_empty() {
+            let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        }
+    }
+
+    /// Both directions are over and nothing is left to forward: the muxer closes the
+    /// connection (RST to the guest, which completes its close without a timeout).
+    pub fn finished(&self) -> bool {
+        let to_host_done =
+            self.guest_shut_send && self.tx_buf.is_empty() && self.preamble.is_empty();
+        let to_guest_done =
+            self.guest_shut_rcv || (self.host_eof && self.stash.is_empty() && self.shutdown_sent);
+        to_host_done && to_guest_done
     }
 
     /// Whether this control op is one we answer a received op with.

@@ -410,9 +410,41 @@ mod tests {
         let pkts = h.recv();
         assert_eq!(pkts.len(), 1);
         assert_eq!(pkts[0].0.op, op::SHUTDOWN);
-        assert_eq!(pkts[0].0.flags, shutdown::RCV | shutdown::SEND);
+        // Host EOF says "no more data from the host", not "the host reads no more".
+        assert_eq!(pkts[0].0.flags, shutdown::SEND);
         h.send(h.guest_hdr(1234, hp, op::RST), &[]);
         assert_eq!(h.dev.muxer().connection_count(), 0);
+    }
+
+    /// The host half-closes (`shutdown(SHUT_WR)`, as an echo client does after its last
+    /// byte): the guest must still be able to answer, and its answer must reach the host
+    /// before the connection closes. Found in the nested node: a 1 MiB echo lost its tail.
+    #[test]
+    fn host_half_close_keeps_the_guest_to_host_direction() {
+        let mut h = Harness::new("halfclose");
+        h.give_rx(8);
+        let (mut s, hp) = host_connect(&mut h, 1234, 64 * 1024);
+        s.write_all(b"last").unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        h.poll();
+        let pkts = h.recv();
+        assert_eq!(pkts[0].0.op, op::RW);
+        assert_eq!(pkts[0].1, b"last");
+        assert_eq!(pkts[1].0.op, op::SHUTDOWN);
+        assert_eq!(pkts[1].0.flags, shutdown::SEND);
+        // The guest answers after the host's EOF, then closes.
+        h.send(h.guest_hdr(1234, hp, op::RW), b"reply");
+        assert_eq!(h.dev.muxer().connection_count(), 1);
+        let mut sh = h.guest_hdr(1234, hp, op::SHUTDOWN);
+        sh.flags = shutdown::RCV | shutdown::SEND;
+        h.send(sh, &[]);
+        assert_eq!(h.dev.muxer().connection_count(), 0);
+        assert_eq!(h.recv()[0].0.op, op::RST);
+        let mut got = Vec::new();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        s.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"reply");
     }
 
     #[test]

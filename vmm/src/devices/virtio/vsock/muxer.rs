@@ -119,6 +119,11 @@ impl Muxer {
 
     fn kill(&mut self, key: ConnKey, send_rst: bool) {
         if let Some(c) = self.conns.remove(&key) {
+            tracing::debug!(
+                "vsock: closing host port {} <-> guest port {} (rst {send_rst})",
+                key.0,
+                key.1
+            );
             self.unwatch(c.stream.as_raw_fd());
             let _ = c.stream.shutdown(Shutdown::Both);
             if send_rst {
@@ -191,6 +196,7 @@ impl Muxer {
                 if set.contains(EventSet::OUT) && c.flush_tx().is_err() {
                     self.kill(key, true);
                 }
+                self.close_finished();
             }
             None => {}
         }
@@ -322,15 +328,16 @@ impl Muxer {
                 Ok(())
             }
             op::SHUTDOWN => {
-                let both = shutdown::RCV | shutdown::SEND;
-                if hdr.flags & both == both {
-                    Err(Reset)
-                } else {
-                    if hdr.flags & shutdown::SEND != 0 {
-                        let _ = c.stream.shutdown(Shutdown::Write);
-                    }
-                    Ok(())
-                }
+                tracing::debug!(
+                    "vsock: guest SHUTDOWN flags {} on host port {} <-> guest port {}",
+                    hdr.flags,
+                    key.0,
+                    key.1
+                );
+                // Not a reset, even with both flags (Linux's close()): what the guest sent
+                // before may still sit in tx_buf, waiting for the host socket.
+                c.guest_shutdown(hdr.flags);
+                Ok(())
             }
             op::RST => {
                 self.kill(key, false);
@@ -340,6 +347,21 @@ impl Muxer {
         };
         if result.is_err() {
             self.kill(key, true);
+        } else {
+            self.close_finished();
+        }
+    }
+
+    /// Closes connections whose both directions are over.
+    fn close_finished(&mut self) {
+        let done: Vec<ConnKey> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.finished())
+            .map(|(k, _)| *k)
+            .collect();
+        for k in done {
+            self.kill(k, true);
         }
     }
 
@@ -380,6 +402,7 @@ impl Muxer {
         for k in broken {
             self.kill(k, true);
         }
+        self.close_finished();
         if let Some(h) = self.ctl.pop_front() {
             return Some((h, Vec::new()));
         }
@@ -388,7 +411,10 @@ impl Muxer {
             if let Some(ctl) = c.pending.pop_front() {
                 let mut h = c.header(cid, Connection::op_for(ctl));
                 if ctl == Ctl::Shutdown {
-                    h.flags = shutdown::RCV | shutdown::SEND;
+                    // Host EOF: it sends no more, but may still read (a half-close, as
+                    // `shutdown(SHUT_WR)` makes). Were it a full close, the guest's next
+                    // data fails to write and resets the connection.
+                    h.flags = shutdown::SEND;
                 }
                 return Some((h, Vec::new()));
             }
