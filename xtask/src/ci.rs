@@ -109,6 +109,8 @@ pub fn run_ci() -> Result<()> {
     run(cargo()
         .args(["test", "--workspace"])
         .env("BOX_INIT_BIN", &init))?;
+    // The nested tier: real KVM, the stock kernel under box-vmm.
+    crate::vmm_tier::run()?;
     println!(
         "xtask ci: all passed (tests {:.1}s, total {:.1}s)",
         tiers.elapsed().as_secs_f64(),

@@ -1,5 +1,6 @@
 //! `cargo xtask ...`: the project's automation: CI, the demo, images, the nested node, benchmarks.
 
+mod bench;
 mod ci;
 mod cpio;
 mod host;
@@ -10,6 +11,7 @@ mod node;
 mod paths;
 mod tree;
 mod util;
+mod vmm_tier;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -35,6 +37,13 @@ enum Cmd {
     },
     /// Fetch (or find cached) Debian's cloud kernel for guests and print its paths.
     Kernel,
+    /// The nested VMM tier: box-vmm boots the stock kernel in an L1 node (disk, vsock, exits).
+    VmmTier,
+    /// Boot time and RSS of box-vmm against qemu microvm, in one L1 node (not pass/fail).
+    Bench {
+        #[command(flatten)]
+        args: bench::BenchArgs,
+    },
 }
 
 fn main() -> Result<()> {
@@ -54,5 +63,7 @@ fn main() -> Result<()> {
             }
         },
         Cmd::Kernel => kernel::cmd(),
+        Cmd::VmmTier => vmm_tier::run(),
+        Cmd::Bench { args } => bench::run(args),
     }
 }
