@@ -225,7 +225,14 @@ waitline() {{
 }}
 # waitexit PID SECS: the exit status of PID, killed after SECS.
 waitexit() {{
-    ( sleep "$2"; kill -9 "$1" 2>/dev/null ) &
+    ( sleep "$2"
+      if kill -0 "$1" 2>/dev/null; then
+          echo "watchdog: box-vmm still running after $2 s; its threads:"
+          for t in /proc/$1/task/*; do
+              echo "watchdog:   $(cat $t/comm) state=$(cut -d' ' -f3 $t/stat) wchan=$(cat $t/wchan) syscall=$(cut -d' ' -f1 $t/syscall)"
+          done
+          kill -9 "$1"
+      fi ) &
     wd=$!
     wait "$1"; rc=$?
     kill $wd 2>/dev/null
