@@ -111,6 +111,8 @@ pub fn run_ci() -> Result<()> {
         .env("BOX_INIT_BIN", &init))?;
     // The VM-mode tier: the same init as PID 1 of a real stock-kernel microVM (nested node).
     crate::vmsmoke::vm_smoke().context("VM-mode guest-init tier (cargo xtask vm-smoke)")?;
+    // The nested tier: real KVM, the stock kernel under box-vmm.
+    crate::vmm_tier::run()?;
     println!(
         "xtask ci: all passed (tests {:.1}s, total {:.1}s)",
         tiers.elapsed().as_secs_f64(),

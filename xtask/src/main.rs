@@ -1,5 +1,6 @@
 //! `cargo xtask ...`: the project's automation: CI, the demo, images, the nested node, benchmarks.
 
+mod bench;
 mod ci;
 mod cpio;
 mod demo;
@@ -16,6 +17,7 @@ mod paths;
 mod product;
 mod tree;
 mod util;
+mod vmm_tier;
 mod vmsmoke;
 
 use anyhow::Result;
@@ -49,6 +51,13 @@ enum Cmd {
     /// Boot guest-init as PID 1 of a real microVM (qemu, in an L1 node) and check it answers
     /// Agent.Health and Agent.Shutdown over vsock and then powers the guest off.
     VmSmoke,
+    /// The nested VMM tier: box-vmm boots the stock kernel in an L1 node (disk, vsock, exits).
+    VmmTier,
+    /// Boot time and RSS of box-vmm against qemu microvm, in one L1 node (not pass/fail).
+    Bench {
+        #[command(flatten)]
+        args: bench::BenchArgs,
+    },
 }
 
 fn main() -> Result<()> {
@@ -74,5 +83,7 @@ fn main() -> Result<()> {
         Cmd::Kernel => kernel::cmd(),
         Cmd::Images => images::cmd(),
         Cmd::VmSmoke => vmsmoke::cmd(),
+        Cmd::VmmTier => vmm_tier::run(),
+        Cmd::Bench { args } => bench::run(args),
     }
 }

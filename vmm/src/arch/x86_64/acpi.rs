@@ -156,8 +156,11 @@ pub fn write_acpi_tables(
         u64::from(ACPI_RESET_PORT),
     );
     fadt.reset_value = ACPI_RESET_VALUE;
-    // IAPC_BOOT_ARCH: no VGA (bit 2), no MSI (bit 3), ASPM controls off (bit 4).
-    fadt.iapc_boot_arch = ((1u16 << 2) | (1 << 3) | (1 << 4)).into();
+    // IAPC_BOOT_ARCH: no VGA (bit 2), no MSI (bit 3), ASPM controls off (bit 4), no CMOS
+    // RTC (bit 5). Without bit 5 Linux registers rtc_cmos, whose probe of the absent ports
+    // 0x70/0x71 cost 3.5 s of a 10 s boot in the nested node; the wall clock comes from
+    // kvm-clock.
+    fadt.iapc_boot_arch = ((1u16 << 2) | (1 << 3) | (1 << 4) | (1 << 5)).into();
     let mut fadt_bytes = Vec::new();
     fadt.finalize().to_aml_bytes(&mut fadt_bytes);
     let fadt_addr = place(&fadt_bytes)?;

@@ -2,6 +2,8 @@
 
 use kvm_bindings::{kvm_msr_entry, CpuId, Msrs};
 
+/// CPUID.1:ECX bit 24: TSC-deadline timer.
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// CPUID.1:ECX bit 31 tells the guest it runs under a hypervisor, which makes
 /// Linux look for KVM's paravirt leaves (kvmclock etc.).
 const ECX_HYPERVISOR: u32 = 1 << 31;
@@ -16,6 +18,10 @@ pub fn patch_cpuid(cpuid: &mut CpuId, id: u8, cpus: u8) {
             0x1 => {
                 e.ebx = (e.ebx & 0x0000_ffff) | (u32::from(id) << 24) | (u32::from(cpus) << 16);
                 e.ecx |= ECX_HYPERVISOR;
+                // KVM emulates the TSC-deadline LAPIC timer (KVM_CAP_TSC_DEADLINE_TIMER) but
+                // leaves the bit out of the supported set for the VMM to set, as qemu and
+                // Firecracker do. Without it Linux falls back to calibrating the LAPIC timer.
+                e.ecx |= ECX_TSC_DEADLINE;
                 if cpus > 1 {
                     e.edx |= EDX_HTT;
                 } else {
@@ -136,6 +142,7 @@ mod tests {
         assert_eq!((e[0].ebx >> 16) & 0xff, 4);
         assert_eq!(e[0].ebx & 0xffff, 0xccdd);
         assert_ne!(e[0].ecx & ECX_HYPERVISOR, 0);
+        assert_ne!(e[0].ecx & ECX_TSC_DEADLINE, 0);
         assert_ne!(e[0].edx & EDX_HTT, 0);
         assert_eq!(e[1].edx, 3);
         assert_eq!(e[1].ebx, 1);

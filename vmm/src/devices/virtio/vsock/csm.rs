@@ -68,6 +68,8 @@ pub struct Connection {
     guest_shut_send: bool,
     /// The guest said it will receive no more (SHUTDOWN with `RCV`).
     guest_shut_rcv: bool,
+    /// We half-closed the host socket (passed the guest's EOF on).
+    host_write_shut: bool,
     credit_requested: bool,
     /// Control packets to send, in order.
     pub pending: VecDeque<Ctl>,
@@ -115,6 +117,7 @@ impl Connection {
             shutdown_sent: false,
             guest_shut_send: false,
             guest_shut_rcv: false,
+            host_write_shut: false,
             credit_requested: false,
             pending: VecDeque::new(),
         }
@@ -302,8 +305,16 @@ impl Connection {
     }
 
     /// Half-closes the host socket once the guest is done sending and all of it went through.
+    /// Once only: every `shutdown(2)` wakes our own socket's waiters, so repeating it from
+    /// the writable handler re-arms the edge-triggered epoll item and spins the device
+    /// thread (which then starves the vCPU of the device lock: seen in the nested node).
     fn pass_on_guest_eof(&mut self) {
-        if self.guest_shut_send && self.tx_buf.is_empty() && self.preamble.is_empty() {
+        if self.guest_shut_send
+            && !self.host_write_shut
+            && self.tx_buf.is_empty()
+            && self.preamble.is_empty()
+        {
+            self.host_write_shut = true;
             let _ = self.stream.shutdown(std::net::Shutdown::Write);
         }
     }

@@ -447,6 +447,38 @@ mod tests {
         assert_eq!(got, b"reply");
     }
 
+    /// The guest half-closes while the host keeps its end open: we pass the EOF on exactly
+    /// once, and the host socket's own wakeups must not keep the event loop busy.
+    #[test]
+    fn guest_half_close_is_passed_on_once_and_goes_quiet() {
+        let mut h = Harness::new("guesthalf");
+        let l = UnixListener::bind(format!("{}_5002", h.uds.display())).unwrap();
+        h.give_rx(8);
+        h.send(h.guest_hdr(778, 5002, op::REQUEST), &[]);
+        assert_eq!(h.recv()[0].0.op, op::RESPONSE);
+        let (mut s, _) = l.accept().unwrap();
+        h.send(h.guest_hdr(778, 5002, op::RW), b"bye");
+        let mut sh = h.guest_hdr(778, 5002, op::SHUTDOWN);
+        sh.flags = shutdown::SEND;
+        h.send(sh, &[]);
+        let mut got = Vec::new();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"bye");
+        assert_eq!(h.dev.muxer().connection_count(), 1);
+        // Nothing new happened on the host side: the muxer's epoll must be idle now.
+        h.poll();
+        let mut fds = [libc::pollfd {
+            fd: h.dev.muxer().epoll_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd, zero timeout.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
+        assert_eq!(n, 0, "the muxer's epoll fd stays readable: a busy loop");
+        let _ = std::fs::remove_file(format!("{}_5002", h.uds.display()));
+    }
+
     #[test]
     fn connections_work_under_the_seccomp_filter() {
         let mut h = Harness::new("seccomp");

@@ -16,6 +16,8 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use super::csm::{Connection, Ctl, Reset};
 use super::{op, shutdown, Hdr, HOST_CID, TYPE_STREAM};
 
+/// epoll_wait rounds per `process_events` call.
+const MAX_EVENT_ROUNDS: usize = 8;
 /// Host-initiated connections get host ports from here up.
 const HOST_PORT_BASE: u32 = 1 << 30;
 /// Most live connections per VM.
@@ -158,10 +160,12 @@ impl Muxer {
         self.ctl.clear();
     }
 
-    /// Serves whatever the host sockets have ready, without blocking.
+    /// Serves what the host sockets have ready, without blocking.
     pub fn process_events(&mut self) {
         let mut events = vec![EpollEvent::default(); 32];
-        loop {
+        // Bounded: the device lock is held meanwhile, and the vCPUs wait on it. Whatever is
+        // left keeps the epoll fd readable, so the event loop comes back for it.
+        for _ in 0..MAX_EVENT_ROUNDS {
             let n = match self.epoll.wait(0, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,

@@ -1,0 +1,296 @@
+//! `box-vmm-probe`: a small static helper for the nested VMM tier and the benchmark
+//! (`cargo xtask vmm-tier`, `cargo xtask bench`). The same binary runs in the L2 guest (vsock
+//! ends; busybox has no vsock) and in the L1 node (the host ends of box-vmm's hybrid vsock
+//! socket, and boot timing). Built with `+crt-static` so it needs no libc in the guest.
+//!
+//! Every transfer is a deterministic byte pattern of a given length, echoed back and compared,
+//! so a lost, duplicated or reordered byte shows up as a mismatch, not as a hang.
+//!
+//! ```text
+//! box-vmm-probe vsock-echo PORT               guest: listen on vsock PORT, echo one connection
+//! box-vmm-probe vsock-send CID PORT BYTES     guest: connect to CID:PORT, send BYTES, expect them back
+//! box-vmm-probe uds-connect UDS PORT BYTES    host: CONNECT PORT through box-vmm's socket, echo BYTES
+//! box-vmm-probe uds-echo PATH                 host: listen on PATH (`<uds>_<port>`), echo one connection
+//! box-vmm-probe boot-time MARKER SECS -- CMD  host: run CMD, time to the first stdout line holding
+//!                                             MARKER, sample its VmRSS/VmHWM then
+//! ```
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+type Res<T> = Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match dispatch(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            println!("probe: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(args: &[&str]) -> Res<()> {
+    match args {
+        ["vsock-echo", port] => vsock_echo(num(port)?),
+        ["vsock-send", cid, port, len] => vsock_send(num(cid)?, num(port)?, num(len)?),
+        ["uds-connect", path, port, len] => uds_connect(path, num(port)?, num(len)?),
+        ["uds-echo", path] => uds_echo(path),
+        ["boot-time", marker, secs, "--", cmd @ ..] if !cmd.is_empty() => {
+            boot_time(marker, num(secs)?, cmd)
+        }
+        _ => Err("usage: see the comment at the top of tests/src/bin/box-vmm-probe.rs".into()),
+    }
+}
+
+fn num<T: std::str::FromStr>(s: &str) -> Res<T> {
+    s.parse().map_err(|_| format!("`{s}` is not a number"))
+}
+
+/// The pattern byte at offset `i`: not periodic in any power of two, so a shifted or repeated
+/// chunk does not compare equal.
+fn pattern(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+fn vsock_socket() -> Res<OwnedFd> {
+    // SAFETY: plain socket(2) call; the returned fd is checked and then owned.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!(
+            "socket(AF_VSOCK): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn vsock_addr(cid: u32, port: u32) -> libc::sockaddr_vm {
+    // SAFETY: sockaddr_vm is plain old data; all-zero is a valid value.
+    let mut a: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    a.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    a.svm_cid = cid;
+    a.svm_port = port;
+    a
+}
+
+fn vsock_echo(port: u32) -> Res<()> {
+    use std::os::fd::AsRawFd;
+    let s = vsock_socket()?;
+    let addr = vsock_addr(libc::VMADDR_CID_ANY, port);
+    let len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: addr is a valid sockaddr_vm of `len` bytes; s is an open socket.
+    if unsafe { libc::bind(s.as_raw_fd(), std::ptr::addr_of!(addr).cast(), len) } != 0 {
+        return Err(format!(
+            "bind vsock:{port}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: s is an open, bound socket.
+    if unsafe { libc::listen(s.as_raw_fd(), 4) } != 0 {
+        return Err(format!("listen: {}", std::io::Error::last_os_error()));
+    }
+    println!("probe: vsock-listening {port}");
+    let _ = std::io::stdout().flush();
+    // SAFETY: s is listening; a null address is allowed.
+    let c = unsafe { libc::accept(s.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut()) };
+    if c < 0 {
+        return Err(format!("accept: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: c is a fresh descriptor from accept, owned from here on.
+    let conn = unsafe { OwnedFd::from_raw_fd(c) };
+    let mut stream = UnixStream::from(conn); // read/write on any stream socket fd
+    let n = echo(&mut stream)?;
+    println!("probe: vsock-echoed {n}");
+    Ok(())
+}
+
+/// Echoes until EOF; returns how many bytes went through.
+fn echo(s: &mut UnixStream) -> Res<usize> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0;
+    loop {
+        let n = s.read(&mut buf).map_err(|e| format!("echo read: {e}"))?;
+        if n == 0 {
+            return Ok(total);
+        }
+        s.write_all(&buf[..n])
+            .map_err(|e| format!("echo write: {e}"))?;
+        total += n;
+    }
+}
+
+/// Sends `len` pattern bytes on one thread while reading them back on this one (the echo
+/// cannot buffer everything, so writing first and reading after would deadlock), then checks.
+fn exchange(s: UnixStream, len: usize) -> Res<()> {
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let mut w = s.try_clone().map_err(|e| e.to_string())?;
+    let writer = std::thread::spawn(move || -> Res<()> {
+        let data: Vec<u8> = (0..len).map(pattern).collect();
+        for chunk in data.chunks(16 * 1024) {
+            w.write_all(chunk).map_err(|e| format!("write: {e}"))?;
+        }
+        // Half-close: the echo side sees EOF once everything is through.
+        let _ = w.shutdown(std::net::Shutdown::Write);
+        Ok(())
+    });
+    let mut r = s;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    while got < len {
+        let n = r
+            .read(&mut buf)
+            .map_err(|e| format!("read after {got} of {len} bytes: {e}"))?;
+        if n == 0 {
+            return Err(format!("EOF after {got} of {len} bytes"));
+        }
+        if let Some(i) = (0..n).find(|&i| buf[i] != pattern(got + i)) {
+            return Err(format!("byte {} differs", got + i));
+        }
+        got += n;
+    }
+    writer.join().map_err(|_| "writer panicked".to_string())??;
+    Ok(())
+}
+
+fn vsock_send(cid: u32, port: u32, len: usize) -> Res<()> {
+    use std::os::fd::AsRawFd;
+    let s = vsock_socket()?;
+    let addr = vsock_addr(cid, port);
+    let alen = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: addr is a valid sockaddr_vm of `alen` bytes; s is an open socket.
+    if unsafe { libc::connect(s.as_raw_fd(), std::ptr::addr_of!(addr).cast(), alen) } != 0 {
+        return Err(format!(
+            "connect vsock {cid}:{port}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    exchange(UnixStream::from(s), len)?;
+    println!("probe: vsock-send ok {len}");
+    Ok(())
+}
+
+fn uds_connect(path: &str, port: u32, len: usize) -> Res<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match uds_handshake(path, port) {
+            Ok((s, reply)) => {
+                exchange(s, len)?;
+                println!("probe: uds-connect ok {len} ({})", reply.trim_end());
+                return Ok(());
+            }
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(format!("no connection to guest port {port}: {last}"))
+}
+
+fn uds_handshake(path: &str, port: u32) -> Res<(UnixStream, String)> {
+    let mut s = UnixStream::connect(path).map_err(|e| format!("connect {path}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes())
+        .map_err(|e| format!("write CONNECT: {e}"))?;
+    // Read the reply byte by byte: what follows the newline is already the guest's stream.
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return Err(format!("EOF after {:?}", String::from_utf8_lossy(&line))),
+            Ok(_) if b[0] == b'\n' => break,
+            Ok(_) => line.push(b[0]),
+            Err(e) => return Err(format!("reading the CONNECT reply: {e}")),
+        }
+    }
+    let line = String::from_utf8_lossy(&line).into_owned();
+    let ok = line
+        .strip_prefix("OK ")
+        .is_some_and(|n| n.parse::<u32>().is_ok());
+    if !ok {
+        return Err(format!("CONNECT reply {line:?}, expected `OK <port>`"));
+    }
+    Ok((s, line))
+}
+
+fn uds_echo(path: &str) -> Res<()> {
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path).map_err(|e| format!("bind {path}: {e}"))?;
+    println!("probe: uds-listening {path}");
+    let _ = std::io::stdout().flush();
+    let (mut s, _) = l.accept().map_err(|e| format!("accept: {e}"))?;
+    let n = echo(&mut s)?;
+    println!("probe: uds-echoed {n}");
+    Ok(())
+}
+
+/// Runs `cmd`, prints `probe: boot-time ms=<first MARKER line> rss_kb=.. hwm_kb=.. exit=..`.
+/// After the marker, the process gets `secs` to exit on its own, then it is killed.
+fn boot_time(marker: &str, secs: u64, cmd: &[&str]) -> Res<()> {
+    let start = Instant::now();
+    let mut child = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("spawn {}: {e}", cmd[0]))?;
+    let pid = child.id();
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let want = marker.to_string();
+    std::thread::spawn(move || {
+        let mut seen = false;
+        for line in BufReader::new(out).split(b'\n') {
+            let Ok(line) = line else { break };
+            if !seen && String::from_utf8_lossy(&line).contains(&want) {
+                seen = true;
+                let _ = tx.send(start.elapsed());
+            }
+        }
+    });
+    let up = rx.recv_timeout(Duration::from_secs(120));
+    let (rss, hwm) = mem_kb(pid);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let code = loop {
+        match child.try_wait().map_err(|e| e.to_string())? {
+            Some(st) => break st.code().map_or("signal".to_string(), |c| c.to_string()),
+            None if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break "killed".to_string();
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    match up {
+        Ok(t) => {
+            println!(
+                "probe: boot-time ms={} rss_kb={rss} hwm_kb={hwm} exit={code}",
+                t.as_millis()
+            );
+            Ok(())
+        }
+        Err(_) => Err(format!("no `{marker}` line (exit {code})")),
+    }
+}
+
+fn mem_kb(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
