@@ -113,6 +113,8 @@ pub fn run_ci() -> Result<()> {
     crate::vmsmoke::vm_smoke().context("VM-mode guest-init tier (cargo xtask vm-smoke)")?;
     // The nested tier: real KVM, the stock kernel under box-vmm.
     crate::vmm_tier::run()?;
+    // The product end to end: `box` scenarios in real microVMs (nested node).
+    crate::e2e::run().context("end-to-end tier (cargo xtask e2e)")?;
     println!(
         "xtask ci: all passed (tests {:.1}s, total {:.1}s)",
         tiers.elapsed().as_secs_f64(),
