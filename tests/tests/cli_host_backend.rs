@@ -594,8 +594,12 @@ fn c5_interactive_terminal_through_a_real_pty() {
     }
     wait_for(&out, "50 132");
     // ^C is a byte to the container's terminal: it interrupts the sleep, not box.
-    writer.write_all(b"sleep 100000\r").unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // The marker shows the shell has reached the sleep (the echo's own input line reads
+    // `sleep-$((2*2))`, so only the output matches).
+    writer
+        .write_all(b"echo sleep-$((2*2)); sleep 100000\r")
+        .unwrap();
+    wait_for(&out, "sleep-4\r\n");
     writer.write_all(b"\x03").unwrap();
     writer.write_all(b"echo after-$((1+1))\r").unwrap();
     wait_for(&out, "after-2\r\n");
