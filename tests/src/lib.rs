@@ -4,3 +4,4 @@
 
 pub mod cli;
 pub mod host_init;
+pub mod pty;

@@ -3,10 +3,10 @@
 //! These are the end-to-end scenarios of issue 4, minus the microVM itself.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use box_tests::cli::{pid_alive, write_oci_layout, BoxEnv};
@@ -510,46 +510,14 @@ fn c11_microvm_backend_builds_the_disk_and_records_a_vmm_failure() {
     assert_eq!(env.run(&["rm", "vm"]).code, 0);
 }
 
-/// Reads the pty master on a thread into a shared buffer.
-fn pty_reader(master: OwnedFd) -> Arc<Mutex<Vec<u8>>> {
-    let buf = Arc::new(Mutex::new(Vec::new()));
-    let b = buf.clone();
-    std::thread::spawn(move || {
-        let mut f = std::fs::File::from(master);
-        let mut chunk = [0u8; 4096];
-        while let Ok(n) = f.read(&mut chunk) {
-            if n == 0 {
-                break;
-            }
-            b.lock().unwrap().extend_from_slice(&chunk[..n]);
-        }
-    });
-    buf
-}
-
+/// Waits for `want` in the terminal output, or fails the test with what came.
 fn wait_for(buf: &Mutex<Vec<u8>>, want: &str) {
-    let deadline = Instant::now() + BACKSTOP;
-    while Instant::now() < deadline {
-        if String::from_utf8_lossy(&buf.lock().unwrap()).contains(want) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if !box_tests::pty::wait_for(buf, want, BACKSTOP, || {}) {
+        panic!(
+            "{want:?} never came: {:?}",
+            String::from_utf8_lossy(&buf.lock().unwrap())
+        );
     }
-    panic!(
-        "{want:?} never came: {:?}",
-        String::from_utf8_lossy(&buf.lock().unwrap())
-    );
-}
-
-fn set_size(fd: i32, rows: u16, cols: u16) {
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads one winsize from the struct we pass.
-    assert_eq!(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) }, 0);
 }
 
 #[test]
@@ -557,7 +525,7 @@ fn c5_interactive_terminal_through_a_real_pty() {
     require_host_tier!();
     let env = BoxEnv::new();
     let pty = nix::pty::openpty(None, None).unwrap();
-    set_size(pty.master.as_raw_fd(), 24, 80);
+    box_tests::pty::set_size(pty.master.as_raw_fd(), 24, 80);
     let before = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
     let mut cmd = env.command(&["run", "--rm", "-it", env.image(), "--", "sh"]);
     cmd.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
@@ -576,11 +544,11 @@ fn c5_interactive_terminal_through_a_real_pty() {
     let mut child = cmd.spawn().unwrap();
     let master_fd = pty.master.as_raw_fd();
     let mut writer = std::fs::File::from(pty.master.try_clone().unwrap());
-    let out = pty_reader(pty.master);
+    let out = box_tests::pty::reader(pty.master);
     writer.write_all(b"stty size; echo hel''lo\r").unwrap();
     wait_for(&out, "hello");
     wait_for(&out, "24 80");
-    set_size(master_fd, 50, 132);
+    box_tests::pty::set_size(master_fd, 50, 132);
     // The resize travels asynchronously (SIGWINCH -> ResizePty): ask until it shows.
     let deadline = Instant::now() + BACKSTOP;
     loop {

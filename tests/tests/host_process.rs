@@ -290,41 +290,13 @@ async fn t6_all_output_arrives_in_order_before_task_exit() {
         .unwrap();
     c.start("ctr", "big").await.unwrap();
 
-    let (mut got_out, mut got_err) = (Vec::new(), Vec::new());
-    let (mut out_eof, mut err_eof) = (false, false);
-    let mut buf_o = vec![0u8; 1 << 16];
-    let mut buf_e = vec![0u8; 1 << 16];
-    let exit = tokio::time::timeout(BACKSTOP, async {
-        loop {
-            tokio::select! {
-                r = out.read(&mut buf_o), if !out_eof => {
-                    let n = r.unwrap();
-                    if n == 0 { out_eof = true } else { got_out.extend_from_slice(&buf_o[..n]) }
-                }
-                r = err.read(&mut buf_e), if !err_eof => {
-                    let n = r.unwrap();
-                    if n == 0 { err_eof = true } else { got_err.extend_from_slice(&buf_e[..n]) }
-                }
-                ev = events.next() => match ev.unwrap() {
-                    Some(Event::Exit(e)) if e.id == "big" => return e,
-                    Some(_) => {}
-                    None => panic!("events stream closed"),
-                },
-            }
-        }
-    })
-    .await
-    .expect("TaskExit within the backstop");
+    let ([out, err], exit) =
+        streams_then_exit([Some(&mut out), Some(&mut err)], &mut events, "big").await;
     // The guest closed both streams before it sent TaskExit: everything left is already
     // queued on our sockets, EOF included.
-    assert!(
-        out_eof || drain_now(&out, &mut got_out),
-        "stdout not at EOF when TaskExit arrived"
-    );
-    assert!(
-        err_eof || drain_now(&err, &mut got_err),
-        "stderr not at EOF when TaskExit arrived"
-    );
+    assert!(out.at_eof, "stdout not at EOF when TaskExit arrived");
+    assert!(err.at_eof, "stderr not at EOF when TaskExit arrived");
+    let (got_out, got_err) = (out.bytes, err.bytes);
     assert_eq!(exit.exit_status, 0);
     assert_eq!(got_out.len(), 10 << 20);
     assert!(
@@ -530,26 +502,41 @@ async fn t11_sigterm_to_pid1_is_an_orderly_shutdown() {
     assert_eq!(code, Some(0));
 }
 
-/// Reads a stream to EOF and the events to this process's TaskExit, concurrently; returns the
-/// stream's bytes, whether it had reached EOF when TaskExit arrived, and the exit.
-async fn output_then_exit(
-    out: &mut UnixStream,
+/// What one output stream delivered by the time the process's TaskExit arrived.
+struct Delivered {
+    bytes: Vec<u8>,
+    /// Whether everything up to EOF had arrived (read, or already queued on our socket).
+    at_eof: bool,
+}
+
+/// Reads the streams and the events concurrently until this process's TaskExit, then takes
+/// whatever the streams already hold without waiting.
+async fn streams_then_exit(
+    streams: [Option<&mut UnixStream>; 2],
     events: &mut box_shim::agent_client::EventStream,
     exec_id: &str,
 ) -> (
-    Vec<u8>,
-    bool,
+    [Delivered; 2],
     containerd_shim_protos::events::task::TaskExit,
 ) {
-    let mut got = Vec::new();
-    let mut eof = false;
-    let mut buf = vec![0u8; 1 << 16];
+    let [mut a, mut b] = streams;
+    let mut got = [Vec::new(), Vec::new()];
+    let mut eof = [a.is_none(), b.is_none()];
+    let (mut buf_a, mut buf_b) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    async fn read_opt(s: &mut Option<&mut UnixStream>, buf: &mut [u8]) -> usize {
+        match s {
+            Some(s) => s.read(buf).await.unwrap(),
+            None => std::future::pending().await,
+        }
+    }
     let exit = tokio::time::timeout(BACKSTOP, async {
         loop {
             tokio::select! {
-                r = out.read(&mut buf), if !eof => {
-                    let n = r.unwrap();
-                    if n == 0 { eof = true } else { got.extend_from_slice(&buf[..n]) }
+                n = read_opt(&mut a, &mut buf_a), if !eof[0] => {
+                    if n == 0 { eof[0] = true } else { got[0].extend_from_slice(&buf_a[..n]) }
+                }
+                n = read_opt(&mut b, &mut buf_b), if !eof[1] => {
+                    if n == 0 { eof[1] = true } else { got[1].extend_from_slice(&buf_b[..n]) }
                 }
                 ev = events.next() => match ev.unwrap() {
                     Some(Event::Exit(e)) if e.id == exec_id => return e,
@@ -561,8 +548,12 @@ async fn output_then_exit(
     })
     .await
     .expect("TaskExit within the backstop");
-    let at_eof = eof || drain_now(out, &mut got);
-    (got, at_eof, exit)
+    let [got_a, got_b] = got;
+    let finish = |s: Option<&mut UnixStream>, mut bytes: Vec<u8>, eof: bool| {
+        let at_eof = eof || s.is_some_and(|s| drain_now(s, &mut bytes));
+        Delivered { bytes, at_eof }
+    };
+    ([finish(a, got_a, eof[0]), finish(b, got_b, eof[1])], exit)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -586,7 +577,8 @@ async fn t6b_output_of_a_background_child_still_precedes_task_exit() {
         .await
         .unwrap();
     c.start("ctr", "bg").await.unwrap();
-    let (got, at_eof, exit) = output_then_exit(&mut out, &mut events, "bg").await;
+    let ([out, _], exit) = streams_then_exit([Some(&mut out), None], &mut events, "bg").await;
+    let (got, at_eof) = (out.bytes, out.at_eof);
     assert!(
         at_eof,
         "stdout not drained to EOF before TaskExit ({} bytes so far)",
@@ -621,7 +613,8 @@ async fn t6c_a_grandchild_holding_stdout_open_does_not_block_task_exit() {
         .await
         .unwrap();
     c.start("ctr", "held").await.unwrap();
-    let (got, at_eof, exit) = output_then_exit(&mut out, &mut events, "held").await;
+    let ([out, _], exit) = streams_then_exit([Some(&mut out), None], &mut events, "held").await;
+    let (got, at_eof) = (out.bytes, out.at_eof);
     assert_eq!(exit.exit_status, 0);
     assert!(at_eof, "the stream is closed once the drain grace passed");
     assert_eq!(got, b"done\n");

@@ -4,54 +4,15 @@
 //! Used by the nested end-to-end tier for `box run -it` (busybox has no `script` or `expect`).
 //! Prints one line per check; exits 0 only if all passed.
 
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use box_tests::pty::{reader, set_size, wait_for};
+
 const BACKSTOP: Duration = Duration::from_secs(120);
-
-fn set_size(fd: RawFd, rows: u16, cols: u16) {
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer; fd is our pty master.
-    unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
-}
-
-fn reader(master: OwnedFd) -> Arc<Mutex<Vec<u8>>> {
-    let out = Arc::new(Mutex::new(Vec::new()));
-    let sink = out.clone();
-    std::thread::spawn(move || {
-        let mut f = std::fs::File::from(master);
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = f.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    });
-    out
-}
-
-/// Waits until the terminal output contains `needle` (bounded by the backstop).
-fn wait_for(out: &Mutex<Vec<u8>>, needle: &str, mut nudge: impl FnMut()) -> bool {
-    let deadline = Instant::now() + BACKSTOP;
-    while Instant::now() < deadline {
-        if String::from_utf8_lossy(&out.lock().unwrap()).contains(needle) {
-            return true;
-        }
-        nudge();
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip_while(|a| a != "--").skip(1).collect();
@@ -89,13 +50,19 @@ fn main() -> ExitCode {
         }
     };
     w.write_all(b"stty size; echo hel''lo\r").unwrap();
-    check("typed command answered", wait_for(&out, "hello", || {}));
-    check("initial size 24 80", wait_for(&out, "24 80", || {}));
+    check(
+        "typed command answered",
+        wait_for(&out, "hello", BACKSTOP, || {}),
+    );
+    check(
+        "initial size 24 80",
+        wait_for(&out, "24 80", BACKSTOP, || {}),
+    );
     set_size(master, 50, 132);
     // The resize travels asynchronously (SIGWINCH -> ResizePty): ask until it shows.
     check(
         "resize shows in stty size",
-        wait_for(&out, "50 132", || {
+        wait_for(&out, "50 132", BACKSTOP, || {
             let _ = w.write_all(b"stty size\r");
         }),
     );
