@@ -2,7 +2,9 @@
 //! `-it` tests and `pty-drive` (the nested end-to-end tier).
 
 use std::io::Read;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,4 +54,21 @@ pub fn wait_for(
         std::thread::sleep(Duration::from_millis(50));
     }
     false
+}
+
+/// Spawns `cmd` with the pty's slave as its stdio and controlling terminal, as in a real
+/// login, so that resizes of the pty reach it as SIGWINCH.
+pub fn spawn_on(cmd: &mut Command, slave: &impl AsFd) -> std::io::Result<Child> {
+    let end = || -> std::io::Result<Stdio> { Ok(Stdio::from(slave.as_fd().try_clone_to_owned()?)) };
+    cmd.stdin(end()?).stdout(end()?).stderr(end()?);
+    // SAFETY: setsid and ioctl are async-signal-safe and touch no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
 }

@@ -4,7 +4,6 @@
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -528,20 +527,7 @@ fn c5_interactive_terminal_through_a_real_pty() {
     box_tests::pty::set_size(pty.master.as_raw_fd(), 24, 80);
     let before = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
     let mut cmd = env.command(&["run", "--rm", "-it", env.image(), "--", "sh"]);
-    cmd.stdin(Stdio::from(pty.slave.try_clone().unwrap()))
-        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
-        .stderr(Stdio::from(pty.slave.try_clone().unwrap()));
-    // SAFETY: setsid and ioctl are async-signal-safe: box gets the pty as its controlling
-    // terminal, as in a real login, so resizes reach it as SIGWINCH.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
+    let mut child = box_tests::pty::spawn_on(&mut cmd, &pty.slave).unwrap();
     let master_fd = pty.master.as_raw_fd();
     let mut writer = std::fs::File::from(pty.master.try_clone().unwrap());
     let out = box_tests::pty::reader(pty.master);

@@ -6,8 +6,7 @@
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use box_tests::pty::{reader, set_size, wait_for};
@@ -23,21 +22,8 @@ fn main() -> ExitCode {
     let pty = nix::pty::openpty(None, None).expect("openpty");
     set_size(pty.master.as_raw_fd(), 24, 80);
     let mut cmd = Command::new(&args[0]);
-    cmd.args(&args[1..])
-        .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
-        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
-        .stderr(Stdio::from(pty.slave.try_clone().unwrap()));
-    // SAFETY: setsid and ioctl are async-signal-safe; CMD gets the pty as its controlling
-    // terminal, so a resize reaches it as SIGWINCH.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("spawn");
+    cmd.args(&args[1..]);
+    let mut child = box_tests::pty::spawn_on(&mut cmd, &pty.slave).expect("spawn");
     drop(pty.slave);
     let master = pty.master.as_raw_fd();
     let mut w = std::fs::File::from(pty.master.try_clone().unwrap());
