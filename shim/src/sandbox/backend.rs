@@ -106,6 +106,23 @@ fn open_log(path: &Path) -> Result<std::fs::File, SandboxError> {
         .map_err(|e| SandboxError::Io(format!("{}: {e}", path.display())))
 }
 
+/// Starts a sandbox process detached, its stdout and stderr appended to `log`. The outer
+/// error is about the log file; the inner one is the spawn's, for the caller to explain.
+fn spawn_logged(
+    cmd: &mut Command,
+    log: std::fs::File,
+) -> Result<std::io::Result<Spawned>, SandboxError> {
+    let out = log
+        .try_clone()
+        .map_err(|e| SandboxError::Io(e.to_string()))?;
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(log);
+    Ok(super::vmm_process::ChildRegistry::global()
+        .spawn_detached(cmd)
+        .map(|(s, _)| s))
+}
+
 fn overlay_mounts(lower: RootfsMount) -> Vec<RootfsMount> {
     vec![
         lower,
@@ -262,17 +279,8 @@ impl Backend for MicroVm {
             .arg("--vsock-cid")
             .arg("3")
             .arg("--console")
-            .arg(&p.console)
-            .stdin(std::process::Stdio::null())
-            .stdout(
-                log.try_clone()
-                    .map_err(|e| SandboxError::Io(e.to_string()))?,
-            )
-            .stderr(log);
-        super::vmm_process::ChildRegistry::global()
-            .spawn_detached(&mut cmd)
-            .map(|(s, _)| s)
-            .map_err(|e| {
+            .arg(&p.console);
+        spawn_logged(&mut cmd, log)?.map_err(|e| {
                 SandboxError::Preflight(format!(
                     "cannot run box-vmm ({}): {e}; build it with `cargo build -p box-vmm` or set BOX_VMM",
                     self.vmm.display()
@@ -368,16 +376,8 @@ impl Backend for HostProcess {
             .arg(&self.init)
             .arg("--host-process")
             .arg(&p.endpoint)
-            .env("BOX_INIT_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(
-                log.try_clone()
-                    .map_err(|e| SandboxError::Io(e.to_string()))?,
-            )
-            .stderr(log);
-        super::vmm_process::ChildRegistry::global()
-            .spawn_detached(&mut cmd)
-            .map(|(s, _)| s)
+            .env("BOX_INIT_LOG", "info");
+        spawn_logged(&mut cmd, log)?
             .map_err(|e| SandboxError::Io(format!("spawning {}: {e}", self.unshare.display())))
     }
 
