@@ -21,9 +21,10 @@ pub const MAX_MEM_MIB: u64 = 64 * 1024;
 
 /// Kernel command line used when none is given. `reboot=k` makes `reboot` go
 /// through the i8042 so it reaches us as a reset; `panic=1` turns a guest panic
-/// into a reset instead of a hang.
+/// into a reset instead of a hang; `earlyprintk` so that a guest stuck before its console
+/// driver registers still shows how far it got.
 pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd";
+    "earlyprintk=serial,ttyS0 console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd";
 
 const EXIT_CONTRACT: &str = "\
 EXIT STATUS:
@@ -51,7 +52,7 @@ pub struct Cli {
     /// Initramfs (cpio, optionally compressed) loaded high in guest memory.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
-    /// Kernel command line. Default: "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd".
+    /// Kernel command line. Default: "earlyprintk=serial,ttyS0 console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd".
     /// box-vmm appends `virtio_mmio.device=` entries for its devices.
     #[arg(long, value_name = "STRING")]
     pub cmdline: Option<String>,

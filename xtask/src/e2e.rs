@@ -77,21 +77,22 @@ pub fn run() -> Result<()> {
     spec.files = p.files;
     spec.timeout = Duration::from_secs(1200);
     spec.stream = true;
-    let out = node::run_in_node(&spec)?;
-    let summary = out
-        .console
-        .lines()
-        .find(|l| l.starts_with("e2e: "))
-        .unwrap_or("e2e: no summary line")
-        .to_string();
-    eprintln!(
-        "xtask e2e: {summary} (L1 boot {:.1} s, node {:.1} s, all {:.1} s)",
-        out.boot_time.as_secs_f64(),
-        out.run_time.as_secs_f64(),
-        t0.elapsed().as_secs_f64()
-    );
-    if out.exit_code != 0 || !summary.contains(" 0 failed") {
-        bail!("end-to-end scenarios failed: {summary}");
-    }
-    Ok(())
+    node::run_tier("e2e", &spec, |out| {
+        let summary = out
+            .console
+            .lines()
+            .find(|l| l.starts_with("e2e: "))
+            .unwrap_or("e2e: no summary line")
+            .to_string();
+        eprintln!(
+            "xtask e2e: {summary} (L1 boot {:.1} s, node {:.1} s, all {:.1} s)",
+            out.boot_time.as_secs_f64(),
+            out.run_time.as_secs_f64(),
+            t0.elapsed().as_secs_f64()
+        );
+        if out.exit_code != 0 || !summary.contains(" 0 failed") {
+            bail!("end-to-end scenarios failed: {summary}");
+        }
+        Ok(())
+    })
 }

@@ -294,22 +294,24 @@ fi
 pub fn run() -> Result<()> {
     let art = prepare()?;
     let t0 = Instant::now();
-    let out = node::run_in_node(&art.node_spec(script(), Duration::from_secs(600)))?;
-    let (passed, failed) = report(&out.console);
-    println!(
-        "vmm-tier: L1 boot {:.1} s, qemu total {:.1} s, all {:.1} s",
-        out.boot_time.as_secs_f64(),
-        out.run_time.as_secs_f64(),
-        t0.elapsed().as_secs_f64()
-    );
-    if failed > 0 {
-        println!("vmm-tier: the node's output:");
-        for l in out.console.lines() {
-            println!("  {l}");
+    let spec = art.node_spec(script(), Duration::from_secs(600));
+    node::run_tier("vmm-tier", &spec, |out| {
+        let (passed, failed) = report(&out.console);
+        println!(
+            "vmm-tier: L1 boot {:.1} s, qemu total {:.1} s, all {:.1} s",
+            out.boot_time.as_secs_f64(),
+            out.run_time.as_secs_f64(),
+            t0.elapsed().as_secs_f64()
+        );
+        if failed > 0 {
+            println!("vmm-tier: the node's output:");
+            for l in out.console.lines() {
+                println!("  {l}");
+            }
+            bail!("vmm-tier: {failed} of {} checks failed", passed + failed);
         }
-        bail!("vmm-tier: {failed} of {} checks failed", passed + failed);
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Prints the result line of every check (a missing one counts as failed) and the totals.

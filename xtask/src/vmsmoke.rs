@@ -61,26 +61,27 @@ pub fn vm_smoke() -> Result<()> {
     ];
     spec.timeout = Duration::from_secs(600);
     spec.stream = true;
-    let out = node::run_in_node(&spec)?;
-    let lines: Vec<&str> = out.console.lines().collect();
-    let has = |needle: &str| lines.iter().any(|l| l.contains(needle));
-    eprintln!(
-        "xtask vm-smoke: L1 boot {:.1} s, node total {:.1} s",
-        out.boot_time.as_secs_f64(),
-        out.run_time.as_secs_f64()
-    );
-    let missing: Vec<&str> = [HEALTH_OK, SHUTDOWN_OK, QEMU_EXITED_0, DISK_SEEN]
-        .into_iter()
-        .filter(|n| !has(n))
-        .collect();
-    if out.exit_code != 0 || !missing.is_empty() {
-        bail!(
-            "the VM smoke test failed (script exit {}); missing: {}",
-            out.exit_code,
-            missing.join(", ")
+    node::run_tier("vm-smoke", &spec, |out| {
+        let lines: Vec<&str> = out.console.lines().collect();
+        let has = |needle: &str| lines.iter().any(|l| l.contains(needle));
+        eprintln!(
+            "xtask vm-smoke: L1 boot {:.1} s, node total {:.1} s",
+            out.boot_time.as_secs_f64(),
+            out.run_time.as_secs_f64()
         );
-    }
-    Ok(())
+        let missing: Vec<&str> = [HEALTH_OK, SHUTDOWN_OK, QEMU_EXITED_0, DISK_SEEN]
+            .into_iter()
+            .filter(|n| !has(n))
+            .collect();
+        if out.exit_code != 0 || !missing.is_empty() {
+            bail!(
+                "the VM smoke test failed (script exit {}); missing: {}",
+                out.exit_code,
+                missing.join(", ")
+            );
+        }
+        Ok(())
+    })
 }
 
 /// The host-side test client, built for this host (L1 gets its shared libraries via `--bin`).

@@ -59,7 +59,8 @@ pub enum SandboxError {
 fn last_line(tail: &[String]) -> String {
     match tail.last() {
         Some(l) => format!(" (console: {l})"),
-        None => String::new(),
+        // Worth saying: a guest stuck before its console driver looks exactly like this.
+        None => " (its console is empty)".to_string(),
     }
 }
 
@@ -546,5 +547,11 @@ mod tests {
             e.to_string(),
             "sandbox x failed to start: box-vmm exited with code 10 (console: Kernel panic)"
         );
+        let silent = SandboxError::BootFailed {
+            name: "x".into(),
+            reason: "the guest did not answer".into(),
+            console_tail: Vec::new(),
+        };
+        assert!(silent.to_string().ends_with("(its console is empty)"));
     }
 }
