@@ -137,27 +137,21 @@ impl Drop for BoxEnv {
 }
 
 /// Writes an OCI image layout at `dest` from `layers` (each a list of (path in the layer,
-/// host path or `None` for an empty whiteout file)) and an image config.
+/// host path or `None` for an empty whiteout file)) and an image config (its
+/// `rootfs.diff_ids` filled in here).
 pub fn write_oci_layout(
     dest: &Path,
     layers: &[Vec<(String, Option<PathBuf>)>],
-    config: serde_json::Value,
+    mut config: serde_json::Value,
 ) {
-    use sha2::{Digest, Sha256};
-    let blobs = dest.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).unwrap();
-    let put = |data: &[u8]| -> (String, usize) {
-        let hex: String = Sha256::digest(data)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        std::fs::write(blobs.join(&hex), data).unwrap();
-        (format!("sha256:{hex}"), data.len())
+    use box_images::write::{
+        LayoutWriter, CONFIG_MEDIA_TYPE, LAYER_MEDIA_TYPE, MANIFEST_MEDIA_TYPE,
     };
+    let w = LayoutWriter::create(dest).unwrap();
     let mut layer_descs = Vec::new();
+    let mut diff_ids = Vec::new();
     for entries in layers {
-        let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        let mut b = tar::Builder::new(gz);
+        let mut b = tar::Builder::new(Vec::new());
         b.follow_symlinks(false);
         for (inside, host) in entries {
             match host {
@@ -175,29 +169,21 @@ pub fn write_oci_layout(
                 }
             }
         }
-        let data = b.into_inner().unwrap().finish().unwrap();
-        let (digest, size) = put(&data);
-        layer_descs.push(serde_json::json!({
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "digest": digest, "size": size
-        }));
+        let tar = b.into_inner().unwrap();
+        diff_ids.push(box_images::sha256_digest(&tar));
+        layer_descs.push(
+            w.blob(LAYER_MEDIA_TYPE, &box_images::write::gzip(&tar))
+                .unwrap(),
+        );
     }
-    let (cdigest, csize) = put(&serde_json::to_vec(&config).unwrap());
+    config["rootfs"] = serde_json::json!({"type": "layers", "diff_ids": diff_ids});
+    let config = w.json_blob(CONFIG_MEDIA_TYPE, &config).unwrap();
     let manifest = serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cdigest, "size": csize},
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": config,
         "layers": layer_descs
     });
-    let (mdigest, msize) = put(&serde_json::to_vec(&manifest).unwrap());
-    std::fs::write(dest.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    std::fs::write(
-        dest.join("index.json"),
-        serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": mdigest, "size": msize}]
-        }))
-        .unwrap(),
-    )
-    .unwrap();
+    let m = w.json_blob(MANIFEST_MEDIA_TYPE, &manifest).unwrap();
+    w.index(vec![m]).unwrap();
 }

@@ -15,11 +15,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::image::{build_ext4, ResolvedImage};
 use super::state::{BackendKind, Paths, StateRoot};
 use super::vmm_process::Spawned;
 use super::SandboxError;
 use crate::agent_client::{Endpoint, RootfsMount};
+use box_images::disk::build_ext4;
+use box_images::ResolvedImage;
 
 /// What to launch.
 pub struct LaunchSpec<'a> {

@@ -8,7 +8,7 @@
 //! with the reason and the console tail, files kept.
 
 pub mod backend;
-pub mod image;
+use box_images as image;
 pub mod readiness;
 pub mod state;
 pub mod vmm_process;
