@@ -45,7 +45,7 @@ pub enum ClientError {
     StreamRefused { stream: StreamKind, reason: String },
     #[error("reading the guest's answer: {0}")]
     Line(#[from] LineError),
-    #[error(transparent)]
+    #[error("{}", rpc_message(.0))]
     Rpc(#[from] ttrpc::Error),
     #[error("events stream: {0}")]
     Events(#[from] FrameError),
@@ -53,6 +53,49 @@ pub enum ClientError {
     Timeout(Duration),
     #[error("encoding the process spec: {0}")]
     Spec(#[from] serde_json::Error),
+}
+
+/// A ttrpc error as one line: the guest's own message for a status, not the struct dump.
+fn rpc_message(e: &ttrpc::Error) -> String {
+    match e {
+        ttrpc::Error::RpcStatus(s) => s.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Why a process could not be started, as docker's exit codes tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CannotRun {
+    /// 127: no such executable.
+    NotFound,
+    /// 126: found, but it cannot be invoked (permissions, format).
+    NotExecutable,
+}
+
+impl CannotRun {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            CannotRun::NotFound => 127,
+            CannotRun::NotExecutable => 126,
+        }
+    }
+}
+
+impl ClientError {
+    /// Whether the guest refused to start a process because its `execve` failed. guest-init
+    /// reports the failing setup stage and errno in the status message
+    /// (`process setup failed at Exec: ENOENT: ...`), which is all the Task API carries.
+    pub fn cannot_run(&self) -> Option<CannotRun> {
+        let ClientError::Rpc(ttrpc::Error::RpcStatus(s)) = self else {
+            return None;
+        };
+        let (_, errno) = s.message.split_once("failed at Exec: ")?;
+        if errno.starts_with("ENOENT") || errno.starts_with("ENOTDIR") {
+            Some(CannotRun::NotFound)
+        } else {
+            Some(CannotRun::NotExecutable)
+        }
+    }
 }
 
 impl Endpoint {

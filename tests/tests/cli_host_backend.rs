@@ -642,3 +642,104 @@ fn c12_detached_main_exit_is_recorded_and_rm_honoured() {
         !env.sandbox_dir("stopped").exists()
     });
 }
+
+/// docker's exit codes and flag checks: 127 not found, 126 not executable, 125 for Box's own
+/// errors (usage ones too), every message one line; `--env KEY` takes the client's value.
+#[test]
+fn c13_exit_codes_and_flags_as_docker() {
+    require_host_tier!();
+    let env = BoxEnv::new();
+    let noexec = env.rootfs.join("noexec");
+    std::fs::write(&noexec, "#!/bin/sh\necho hi\n").unwrap();
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (
+            vec!["run", "--rm", env.image(), "--", "/nonexistent"],
+            127,
+            "box: /nonexistent: executable file not found",
+        ),
+        (
+            vec!["run", "--rm", env.image(), "--", "no-such-command"],
+            127,
+            "box: no-such-command: executable file not found",
+        ),
+        (
+            vec!["run", "--rm", env.image(), "--", "/noexec"],
+            126,
+            "box: /noexec: cannot be run: Permission denied",
+        ),
+        (
+            vec!["run", "--memory", "0", env.image(), "--", "true"],
+            125,
+            "box: --memory 0: must be between 64 and 65536 MiB",
+        ),
+        (
+            vec!["run", "--cpus", "1000", env.image(), "--", "true"],
+            125,
+            "box: --cpus 1000: must be between 1 and 32",
+        ),
+        (
+            vec!["run", "--env", "=x", env.image(), "--", "true"],
+            125,
+            "box: --env \"=x\": must be KEY=VALUE with a non-empty KEY",
+        ),
+    ];
+    for (args, code, want) in cases {
+        let o = env.run(&args);
+        assert_eq!(o.code, code, "{args:?}: {}", o.stderr);
+        assert_eq!(o.stderr.trim(), want, "{args:?}");
+    }
+    // A usage error is 125 too (clap alone would say 2).
+    let o = env.run(&["run", "--no-such-flag", env.image()]);
+    assert_eq!(o.code, 125, "{}", o.stderr);
+    // Options refused before anything was made: no record left behind.
+    let o = env.run(&["ps", "-a"]);
+    assert_eq!(o.stdout.lines().count(), 1, "{}", o.stdout);
+    // Exec in a running sandbox: the same codes.
+    let o = env.run(&[
+        "run",
+        "-d",
+        "--name",
+        "codes",
+        env.image(),
+        "--",
+        "sleep",
+        "60",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = env.run(&["exec", "codes", "--", "/nonexistent"]);
+    assert_eq!(o.code, 127, "{}", o.stderr);
+    let o = env.run(&["exec", "codes", "--", "/noexec"]);
+    assert_eq!(o.code, 126, "{}", o.stderr);
+    assert!(!o.stderr.contains("Status {"), "{}", o.stderr);
+    let o = env.run_cmd(
+        env.command(&[
+            "exec",
+            "-e",
+            "HOSTVAR",
+            "codes",
+            "--",
+            "sh",
+            "-c",
+            "echo $HOSTVAR",
+        ])
+        .env("HOSTVAR", "from-the-client"),
+    );
+    assert_eq!(o.stdout, "from-the-client\n", "{}", o.stderr);
+    assert_eq!(env.run(&["rm", "-f", "codes"]).code, 0);
+}
+
+/// `ps -a` lists a sandbox whose image path is long and not ASCII (it used to slice a
+/// character in half and panic).
+#[test]
+fn c14_ps_lists_non_ascii_image_paths() {
+    require_host_tier!();
+    let env = BoxEnv::new();
+    let odd = env.dir.join("ééééééééééééééééééééééééééé-image");
+    std::os::unix::fs::symlink(&env.rootfs, &odd).unwrap();
+    let o = env.run(&["run", "--name", "odd", odd.to_str().unwrap(), "--", "true"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = env.run(&["ps", "-a"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("odd"), "{}", o.stdout);
+    assert!(o.stdout.contains("é-image"), "{}", o.stdout);
+}

@@ -36,6 +36,39 @@ pub enum CliError {
     Io(String),
 }
 
+impl CliError {
+    /// docker's codes: 126/127 when the command cannot be invoked / is not found, 125 for
+    /// Box's own errors (usage included).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Sandbox(SandboxError::CannotRun { code, .. }) => *code,
+            CliError::Sandbox(SandboxError::Guest { source, .. }) | CliError::Guest(source) => {
+                source.cannot_run().map_or(125, |c| c.exit_code())
+            }
+            _ => 125,
+        }
+    }
+}
+
+/// `--env` entries as docker takes them: `KEY=VALUE` as given, a bare `KEY` takes this
+/// client's value of KEY (and is dropped when it has none).
+pub fn resolve_env(env: &[String]) -> Result<Vec<String>, CliError> {
+    let mut out = Vec::new();
+    for e in env {
+        if e.contains('=') {
+            out.push(e.clone());
+        } else if e.is_empty() {
+            return Err(CliError::Usage(
+                "--env \"\": must be KEY=VALUE or KEY".into(),
+            ));
+        } else if let Ok(v) = std::env::var(e) {
+            out.push(format!("{e}={v}"));
+        }
+    }
+    sandbox::validate_env(&out)?;
+    Ok(out)
+}
+
 impl From<StateError> for CliError {
     fn from(e: StateError) -> Self {
         CliError::Sandbox(e.into())
@@ -199,7 +232,7 @@ async fn run(root: &StateRoot, a: RunArgs) -> Result<i32, CliError> {
         image: a.image,
         cpus: a.cpus,
         memory_mib: a.memory,
-        env: a.env,
+        env: resolve_env(&a.env)?,
         command: a.command,
         io: mode.request(),
         auto_remove: a.rm,
@@ -239,6 +272,8 @@ async fn run(root: &StateRoot, a: RunArgs) -> Result<i32, CliError> {
         Ok(_) => {
             sandbox::record_exit(root, &name, code)?;
         }
+        // Recorded as Exited with 126/127 by the sandbox itself.
+        Err(CliError::Sandbox(SandboxError::CannotRun { .. })) => {}
         // The guest went away under a running container: that is a failure, with its console.
         Err(e) => {
             sandbox::mark_failed(root, &name, &format!("lost the container: {e}"));
@@ -308,12 +343,13 @@ async fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32, CliError> {
         tty: a.tty,
     };
     let id = sb.container_id().to_string();
-    let exec_id = format!("exec-{}", std::process::id());
+    // Random: two clients (even with one pid, from two PID namespaces) never share an id.
+    let exec_id = format!("exec-{}", sandbox::random_hex(8));
     let mut env = sb.record.config.env.clone();
     if a.tty {
         env = sandbox::merge_env(&[&env, &["TERM=xterm".to_string()]]);
     }
-    env = sandbox::merge_env(&[&env, &a.env]);
+    env = sandbox::merge_env(&[&env, &resolve_env(&a.env)?]);
     let spec = sandbox::process_spec(&a.command, &env, &sb.record.config.cwd, a.tty);
     let c = sb.client.clone();
     c.exec(&id, &exec_id, &spec, &mode.request()).await?;
@@ -334,6 +370,16 @@ fn human(secs: u64) -> String {
         s if s < 86400 => format!("{}h{}m", s / 3600, s / 60 % 60),
         s => format!("{}d{}h", s / 86400, s / 3600 % 24),
     }
+}
+
+/// `s` in at most `width` characters, its start elided (the end of a path names the image).
+fn shorten(s: &str, width: usize) -> String {
+    let n = s.chars().count();
+    if n <= width {
+        return s.to_string();
+    }
+    let tail: String = s.chars().skip(n - (width - 3)).collect();
+    format!("...{tail}")
 }
 
 fn ps(root: &StateRoot, all: bool) -> Result<i32, CliError> {
@@ -357,11 +403,7 @@ fn ps(root: &StateRoot, all: bool) -> Result<i32, CliError> {
             (SandboxState::Exited, None, _) => "exit ?".into(),
             _ => String::new(),
         };
-        let image = if r.image.len() > 32 {
-            format!("...{}", &r.image[r.image.len() - 29..])
-        } else {
-            r.image.clone()
-        };
+        let image = shorten(&r.image, 32);
         println!(
             "{:<20} {:<9} {:<32} {:<8} {}",
             r.name,
@@ -387,5 +429,50 @@ fn logs(root: &StateRoot, name: &str) -> Result<i32, CliError> {
             "sandbox {name} has no logs: only `box run -d` keeps the output (attached runs print it)"
         ))),
         Err(e) => Err(CliError::Io(format!("{}: {e}", path.display()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shorten_counts_characters_not_bytes() {
+        assert_eq!(shorten("abc", 32), "abc");
+        let long = "/tmp/ééééééééééééééééééééééééééééééééééé/image";
+        let s = shorten(long, 32);
+        assert_eq!(s.chars().count(), 32);
+        assert!(s.ends_with("é/image"), "{s}");
+    }
+
+    #[test]
+    fn env_entries_as_docker_takes_them() {
+        std::env::set_var("BOX_TEST_ENV_HOST", "from-host");
+        std::env::remove_var("BOX_TEST_ENV_UNSET");
+        let got = resolve_env(&[
+            "A=1".into(),
+            "BOX_TEST_ENV_HOST".into(),
+            "BOX_TEST_ENV_UNSET".into(),
+            "B=".into(),
+        ])
+        .unwrap();
+        assert_eq!(got, vec!["A=1", "BOX_TEST_ENV_HOST=from-host", "B="]);
+        assert!(resolve_env(&["=x".into()]).is_err());
+        assert!(resolve_env(&["".into()]).is_err());
+    }
+
+    #[test]
+    fn usage_and_invocation_errors_have_docker_codes() {
+        assert_eq!(CliError::Usage("x".into()).exit_code(), 125);
+        let cannot = |code| {
+            CliError::Sandbox(SandboxError::CannotRun {
+                name: "n".into(),
+                command: "c".into(),
+                code,
+                detail: String::new(),
+            })
+        };
+        assert_eq!(cannot(127).exit_code(), 127);
+        assert_eq!(cannot(126).exit_code(), 126);
     }
 }

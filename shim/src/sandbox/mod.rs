@@ -46,6 +46,18 @@ pub enum SandboxError {
     NotRunning(String),
     #[error("sandbox {0} is running: stop it first, or use box rm -f")]
     IsRunning(String),
+    /// An option no backend accepts, caught before anything is made.
+    #[error("{0}")]
+    InvalidOption(String),
+    /// The container's command could not be started (not found, not executable): the
+    /// sandbox is recorded `Exited` with docker's code for it (127, 126).
+    #[error("{command}: {detail}")]
+    CannotRun {
+        name: String,
+        command: String,
+        code: i32,
+        detail: String,
+    },
     #[error("talking to sandbox {name}: {source}")]
     Guest {
         name: String,
@@ -81,10 +93,55 @@ pub struct CreateOptions {
     pub boot_backstop: Option<Duration>,
 }
 
+/// vCPUs and memory a sandbox may ask for: box-vmm's own bounds (32 vCPUs, 64 GiB), and a
+/// floor under which the stock kernel and the initramfs do not boot.
+pub const MAX_CPUS: u32 = 32;
+pub const MIN_MEMORY_MIB: u32 = 64;
+pub const MAX_MEMORY_MIB: u32 = 64 * 1024;
+
+impl CreateOptions {
+    /// The same checks for every backend and front door, before anything is made.
+    pub fn validate(&self) -> Result<(), SandboxError> {
+        let bad = |m: String| Err(SandboxError::InvalidOption(m));
+        if self.cpus == 0 || self.cpus > MAX_CPUS {
+            return bad(format!(
+                "--cpus {}: must be between 1 and {MAX_CPUS}",
+                self.cpus
+            ));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return bad(format!(
+                "--memory {}: must be between {MIN_MEMORY_MIB} and {MAX_MEMORY_MIB} MiB",
+                self.memory_mib
+            ));
+        }
+        validate_env(&self.env)?;
+        if let Some(n) = &self.name {
+            state::validate_name(n)?;
+        }
+        Ok(())
+    }
+}
+
+/// Each entry `KEY=VALUE` with a non-empty key (what the guest's `execve` can carry).
+pub fn validate_env(env: &[String]) -> Result<(), SandboxError> {
+    for e in env {
+        match e.split_once('=') {
+            Some((k, _)) if !k.is_empty() && !e.contains('\0') => {}
+            _ => {
+                return Err(SandboxError::InvalidOption(format!(
+                    "--env {e:?}: must be KEY=VALUE with a non-empty KEY"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const DEFAULT_BACKSTOP: Duration = Duration::from_secs(120);
 
-fn random_hex(bytes: usize) -> String {
+pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     if std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut buf))
@@ -183,6 +240,7 @@ impl Sandbox {
         opts: &CreateOptions,
     ) -> Result<Sandbox, SandboxError> {
         let began = std::time::Instant::now();
+        opts.validate()?;
         backend.preflight()?;
         let image = image::resolve(&opts.image, &root.images_dir())?;
         let mut args = image.config.entrypoint.clone();
@@ -369,6 +427,35 @@ impl Sandbox {
                     self.began.elapsed()
                 );
                 Ok(pid)
+            }
+            Err(e) if e.cannot_run().is_some() => {
+                let code = e.cannot_run().map_or(127, |c| c.exit_code());
+                let reason = e.to_string();
+                // "... failed at Exec: EACCES: Permission denied" → "Permission denied".
+                let detail = match reason.rsplit_once(": ") {
+                    _ if code == 127 => "executable file not found".to_string(),
+                    Some((_, why)) => format!("cannot be run: {why}"),
+                    None => "cannot be run".to_string(),
+                };
+                let (r, ()) = self.root.update(&self.record.name, |r| {
+                    r.state = SandboxState::Exited;
+                    r.exit_code = Some(code);
+                    r.error = Some(reason.clone());
+                    r.finished_at = Some(state::now());
+                })?;
+                self.record = r;
+                Err(SandboxError::CannotRun {
+                    name: self.record.name.clone(),
+                    command: self
+                        .record
+                        .config
+                        .command
+                        .first()
+                        .cloned()
+                        .unwrap_or_default(),
+                    code,
+                    detail,
+                })
             }
             Err(e) => {
                 let reason = format!("starting the container: {e}");

@@ -101,6 +101,7 @@ impl Stage {
             MakePrivate,
             BindRoot,
             Mount,
+            Device,
             SwitchRoot,
             SetNs,
             Stdio,
