@@ -743,3 +743,96 @@ fn c14_ps_lists_non_ascii_image_paths() {
     assert!(o.stdout.contains("odd"), "{}", o.stdout);
     assert!(o.stdout.contains("é-image"), "{}", o.stdout);
 }
+
+/// Leftovers of crashes and corruption: a directory holding only `lock`, only a torn
+/// `record.json.tmp`, or a garbage `record.json`, are all listed (as `Unknown`, with why) and
+/// removed by `rm -f`, and their names are free again. A running sandbox whose record turned
+/// to garbage is still listed, and `rm -f` kills its processes (found through /proc).
+#[test]
+fn c15_leftovers_are_listed_and_removable() {
+    require_host_tier!();
+    let env = BoxEnv::new();
+    let mk = |name: &str, file: &str, data: &str| {
+        let d = env.sandbox_dir(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(file), data).unwrap();
+    };
+    mk("onlylock", "lock", "");
+    mk(
+        "onlytmp",
+        "record.json.tmp",
+        "{\"name\": \"onlytmp\", \"tor",
+    );
+    mk("garbage", "record.json", "\u{0}\u{1}not json");
+    let o = env.run(&["ps", "-a"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    for (name, why) in [
+        ("onlylock", "no record"),
+        ("onlytmp", "no record"),
+        ("garbage", "unreadable record"),
+    ] {
+        let line = o
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not listed:\n{}", o.stdout));
+        assert!(line.contains("Unknown") && line.contains(why), "{line}");
+    }
+    // A running sandbox, then its record destroyed.
+    let o = env.run(&[
+        "run",
+        "-d",
+        "--name",
+        "live",
+        env.image(),
+        "--",
+        "sleep",
+        "300",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let pids: Vec<i64> = ["vmm", "init", "log_pump"]
+        .iter()
+        .filter_map(|k| env.record("live")["pids"][k]["pid"].as_i64())
+        .collect();
+    assert!(!pids.is_empty());
+    std::fs::write(env.sandbox_dir("live").join("record.json"), "garbage").unwrap();
+    let o = env.run(&["ps"]);
+    assert!(
+        o.stdout
+            .lines()
+            .any(|l| l.starts_with("live") && l.contains("Unknown")),
+        "{}",
+        o.stdout
+    );
+    let o = env.run(&["rm", "live"]);
+    assert_ne!(
+        o.code, 0,
+        "rm without -f removed a sandbox with live processes"
+    );
+    for name in ["onlylock", "onlytmp", "garbage", "live"] {
+        let o = env.run(&["rm", "-f", name]);
+        assert_eq!(o.code, 0, "rm -f {name}: {}", o.stderr);
+        assert!(!env.sandbox_dir(name).exists(), "{name} left behind");
+    }
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.trim_start().chars().next());
+        assert!(
+            stat.is_empty() || matches!(state, Some(Some('Z' | 'X'))),
+            "process {pid} of the removed sandbox still runs: {stat}"
+        );
+    }
+    // The names are free again.
+    let o = env.run(&[
+        "run",
+        "--rm",
+        "--name",
+        "onlylock",
+        env.image(),
+        "--",
+        "true",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+}

@@ -390,7 +390,12 @@ fn ps(root: &StateRoot, all: bool) -> Result<i32, CliError> {
     );
     for r in root.list()? {
         let st = sandbox::effective_state(&r);
-        if !all && !matches!(st, SandboxState::Running | SandboxState::Creating) {
+        if !all
+            && !matches!(
+                st,
+                SandboxState::Running | SandboxState::Creating | SandboxState::Unknown
+            )
+        {
             continue;
         }
         let uptime = match (st, r.started_at) {
@@ -399,6 +404,7 @@ fn ps(root: &StateRoot, all: bool) -> Result<i32, CliError> {
         };
         let status = match (st, r.exit_code, &r.error) {
             (SandboxState::Failed, _, Some(e)) => format!("error: {e}"),
+            (SandboxState::Unknown, _, Some(e)) => e.clone(),
             (_, Some(c), _) => format!("exit {c}"),
             (SandboxState::Exited, None, _) => "exit ?".into(),
             _ => String::new(),

@@ -9,6 +9,7 @@
 
 pub mod backend;
 use box_images as image;
+pub mod leftovers;
 pub mod readiness;
 pub mod state;
 pub mod vmm_process;
@@ -591,11 +592,36 @@ pub async fn stop(root: &StateRoot, name: &str, grace: Duration) -> Result<Recor
 /// Removes a sandbox's record and files. A running one needs `force`; its processes are
 /// killed first (SIGKILL) and waited for.
 pub fn remove(root: &StateRoot, name: &str, force: bool) -> Result<(), SandboxError> {
-    let r = root.load(name)?;
+    let r = match root.load(name) {
+        Ok(r) => r,
+        Err(StateError::NoRecord(_) | StateError::Corrupt { .. }) => {
+            return remove_without_record(root, name, force)
+        }
+        Err(e) => return Err(e.into()),
+    };
     if effective_state(&r) == SandboxState::Running && !force {
         return Err(SandboxError::IsRunning(name.into()));
     }
     for p in r.pids.all() {
+        if !kill_and_wait(p, libc::SIGKILL, Duration::from_secs(10)) {
+            return Err(SandboxError::Io(format!(
+                "process {} of sandbox {name} did not exit after SIGKILL",
+                p.pid
+            )));
+        }
+    }
+    root.remove(name)?;
+    Ok(())
+}
+
+/// Removes a sandbox directory whose record is missing or unreadable: its processes are
+/// found through `/proc` ([`leftovers`]) and killed (with `force`), then the directory goes.
+fn remove_without_record(root: &StateRoot, name: &str, force: bool) -> Result<(), SandboxError> {
+    let procs = leftovers::processes(root, name);
+    if !procs.is_empty() && !force {
+        return Err(SandboxError::IsRunning(name.into()));
+    }
+    for p in &procs {
         if !kill_and_wait(p, libc::SIGKILL, Duration::from_secs(10)) {
             return Err(SandboxError::Io(format!(
                 "process {} of sandbox {name} did not exit after SIGKILL",

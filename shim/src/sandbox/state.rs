@@ -31,6 +31,9 @@ pub enum SandboxState {
     Exited,
     /// Creation failed: see `error` and `console_tail`.
     Failed,
+    /// A directory without a readable record (a crash mid-create, a corrupt file): shown so
+    /// that it can be removed, never hidden.
+    Unknown,
 }
 
 impl std::fmt::Display for SandboxState {
@@ -40,6 +43,7 @@ impl std::fmt::Display for SandboxState {
             SandboxState::Running => "Running",
             SandboxState::Exited => "Exited",
             SandboxState::Failed => "Failed",
+            SandboxState::Unknown => "Unknown",
         };
         f.write_str(s)
     }
@@ -123,6 +127,31 @@ pub struct Record {
     pub config: RunConfig,
 }
 
+impl Record {
+    /// What is known of a sandbox directory without a readable record.
+    pub fn unknown(name: &str, dir: PathBuf, reason: &str) -> Record {
+        Record {
+            name: name.into(),
+            id: String::new(),
+            image: "?".into(),
+            backend: BackendKind::MicroVm,
+            state: SandboxState::Unknown,
+            pids: Pids::default(),
+            created_at: 0,
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            error: Some(reason.into()),
+            console_tail: Vec::new(),
+            paths: Paths {
+                dir,
+                ..Paths::default()
+            },
+            config: RunConfig::default(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("a sandbox named {0:?} already exists")]
@@ -137,6 +166,8 @@ pub enum StateError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("sandbox {0:?} has no record (its creation was interrupted): box rm -f removes it")]
+    NoRecord(String),
     #[error("record {}: {source}", path.display())]
     Corrupt {
         path: PathBuf,
@@ -239,7 +270,20 @@ impl StateRoot {
         let data = match std::fs::read(&path) {
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StateError::Unknown(name.into()))
+                // A crash before the first rename leaves only the temporary: complete if
+                // it parses (it was fsynced before any rename would have happened).
+                let tmp = path.with_extension("json.tmp");
+                if let Some(r) = std::fs::read(&tmp)
+                    .ok()
+                    .and_then(|d| serde_json::from_slice::<Record>(&d).ok())
+                    .filter(|r| r.name == name)
+                {
+                    return Ok(r);
+                }
+                if self.dir(name).is_dir() {
+                    return Err(StateError::NoRecord(name.into()));
+                }
+                return Err(StateError::Unknown(name.into()));
             }
             Err(e) => return Err(io("reading", &path)(e)),
         };
@@ -280,7 +324,8 @@ impl StateRoot {
         Ok(f)
     }
 
-    /// Every record, sorted by creation time; unreadable ones are skipped with a warning.
+    /// Every sandbox directory's record, sorted by creation time; a directory whose record
+    /// is missing or unreadable is listed as `Unknown`, with the reason as its error.
     pub fn list(&self) -> Result<Vec<Record>, StateError> {
         let dir = self.sandboxes();
         let entries = match std::fs::read_dir(&dir) {
@@ -293,9 +338,18 @@ impl StateRoot {
             let name = e.file_name().to_string_lossy().into_owned();
             match self.load(&name) {
                 Ok(r) => out.push(r),
-                // Reserved but not written yet, or removed meanwhile.
+                // Removed meanwhile, or not a sandbox name at all.
                 Err(StateError::Unknown(_)) => {}
-                Err(err) => tracing::warn!("skipping {name}: {err}"),
+                Err(StateError::NoRecord(_)) => out.push(Record::unknown(
+                    &name,
+                    self.dir(&name),
+                    "no record (creation interrupted)",
+                )),
+                Err(err) => out.push(Record::unknown(
+                    &name,
+                    self.dir(&name),
+                    &format!("unreadable record: {err}"),
+                )),
             }
         }
         out.sort_by_key(|r| (r.created_at, r.name.clone()));
