@@ -450,7 +450,8 @@ mod tests {
         let root = StateRoot::new(scratch("rw"));
         root.reserve("a").unwrap();
         assert!(matches!(root.reserve("a"), Err(StateError::NameInUse(_))));
-        assert!(matches!(root.load("a"), Err(StateError::Unknown(_))));
+        // Reserved, not yet written: a sandbox without a record, not no sandbox.
+        assert!(matches!(root.load("a"), Err(StateError::NoRecord(_))));
         root.write(&record("a")).unwrap();
         let (r, ()) = root
             .update("a", |r| {
