@@ -15,7 +15,7 @@ pub mod state;
 pub mod vmm_process;
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -495,6 +495,16 @@ pub fn effective_state(r: &Record) -> SandboxState {
         SandboxState::Creating | SandboxState::Running
             if !r.pids.vmm.is_some_and(|p| p.is_alive()) =>
         {
+            // Still being created, with its VMM launched but not yet recorded (or its
+            // creator killed right then): not over while a process of it lives.
+            if r.state == SandboxState::Creating && r.pids.vmm.is_none() {
+                let root = r.paths.dir.parent().and_then(Path::parent);
+                if root.is_some_and(|root| {
+                    !leftovers::processes(&StateRoot::new(root), &r.name).is_empty()
+                }) {
+                    return SandboxState::Creating;
+                }
+            }
             SandboxState::Exited
         }
         s => s,
@@ -602,7 +612,13 @@ pub fn remove(root: &StateRoot, name: &str, force: bool) -> Result<(), SandboxEr
     if effective_state(&r) == SandboxState::Running && !force {
         return Err(SandboxError::IsRunning(name.into()));
     }
-    for p in r.pids.all() {
+    // Recorded pids first, then anything of this sandbox the record missed (a client killed
+    // between launching a process and recording its pid).
+    let leftovers = leftovers::processes(root, name);
+    if !force && !leftovers.is_empty() {
+        return Err(SandboxError::IsRunning(name.into()));
+    }
+    for p in r.pids.all().chain(&leftovers) {
         if !kill_and_wait(p, libc::SIGKILL, Duration::from_secs(10)) {
             return Err(SandboxError::Io(format!(
                 "process {} of sandbox {name} did not exit after SIGKILL",
