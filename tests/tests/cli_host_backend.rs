@@ -836,3 +836,53 @@ fn c15_leftovers_are_listed_and_removable() {
     ]);
     assert_eq!(o.code, 0, "{}", o.stderr);
 }
+
+/// An attached `box run --rm` that is signalled or hung up on forwards the signal; the
+/// container's exit is recorded as 128+n, the client exits with it, and the sandbox is
+/// removed. A container that ignores the hangup is killed after `--stop-timeout`.
+#[test]
+fn c16_signals_to_an_attached_client_end_the_sandbox() {
+    use std::io::BufRead;
+    require_host_tier!();
+    let env = BoxEnv::new();
+    let cases = [
+        (libc::SIGHUP, 129, "echo ready; exec sleep 300"),
+        (libc::SIGQUIT, 131, "echo ready; exec sleep 300"),
+        (libc::SIGTERM, 143, "echo ready; exec sleep 300"),
+        (
+            libc::SIGHUP,
+            137,
+            "trap '' HUP; echo ready; while :; do sleep 1; done",
+        ),
+    ];
+    for (i, (sig, code, script)) in cases.into_iter().enumerate() {
+        let name = format!("sig{i}");
+        let mut cmd = env.command(&[
+            "run",
+            "--rm",
+            "--stop-timeout",
+            "1",
+            "--name",
+            &name,
+            env.image(),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(line, "ready\n", "{name}: the container did not start");
+        // SAFETY: kill(2) on our own child (GNU timeout, which passes the signal on).
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(code), "{name}: signal {sig}");
+        assert!(
+            !env.sandbox_dir(&name).exists(),
+            "{name}: --rm sandbox left behind"
+        );
+    }
+}

@@ -23,6 +23,8 @@ pub struct IoMode {
     pub stdin: bool,
     /// `-t`: a pty.
     pub tty: bool,
+    /// After a hangup, how long the process may take to exit before it is killed.
+    pub hangup_grace: Duration,
 }
 
 impl IoMode {
@@ -216,22 +218,38 @@ where
                 }
             }
         }));
-    } else {
-        // Without a terminal, ^C reaches us, not the container: forward it.
-        for (kind, sig) in [
-            (tokio::signal::unix::SignalKind::interrupt(), libc::SIGINT),
-            (tokio::signal::unix::SignalKind::terminate(), libc::SIGTERM),
-        ] {
-            let (c2, id2, ex2) = (c.clone(), id.to_string(), exec_id.to_string());
-            background.push(tokio::spawn(async move {
-                let Ok(mut s) = tokio::signal::unix::signal(kind) else {
-                    return;
-                };
-                while s.recv().await.is_some() {
-                    let _ = c2.kill(&id2, &ex2, sig as u32, false).await;
+    }
+    // Signals to this client are the container's, as docker's sig-proxy does it: forwarded,
+    // so that the normal path below records the exit (and `--rm` removes the sandbox). ^C
+    // with a terminal arrives through the pty instead. A hangup means nobody is attached any
+    // more: the process gets SIGHUP, and SIGKILL after the grace if it ignores that.
+    use tokio::signal::unix::SignalKind;
+    let mut forwarded = vec![
+        (SignalKind::terminate(), libc::SIGTERM),
+        (SignalKind::quit(), libc::SIGQUIT),
+        (SignalKind::hangup(), libc::SIGHUP),
+    ];
+    if !mode.tty {
+        forwarded.push((SignalKind::interrupt(), libc::SIGINT));
+    }
+    for (kind, sig) in forwarded {
+        let (c2, id2, ex2) = (c.clone(), id.to_string(), exec_id.to_string());
+        let grace = mode.hangup_grace;
+        background.push(tokio::spawn(async move {
+            let Ok(mut s) = tokio::signal::unix::signal(kind) else {
+                return;
+            };
+            while s.recv().await.is_some() {
+                let _ = c2.kill(&id2, &ex2, sig as u32, false).await;
+                if sig == libc::SIGHUP {
+                    tokio::time::sleep(grace).await;
+                    tracing::warn!(
+                        "{id2}/{ex2}: still running {grace:?} after a hangup: killing it"
+                    );
+                    let _ = c2.kill(&id2, &ex2, libc::SIGKILL as u32, false).await;
                 }
-            }));
-        }
+            }
+        }));
     }
 
     let status = c.wait(id, exec_id).await?.exit_status;

@@ -138,9 +138,13 @@ pub struct RunArgs {
     /// Memory in MiB.
     #[arg(long, default_value_t = 256)]
     pub memory: u32,
-    /// KEY=VALUE, repeatable.
+    /// KEY=VALUE, or KEY to take this shell's value; repeatable.
     #[arg(short, long = "env")]
     pub env: Vec<String>,
+    /// Seconds the container may take to exit after its attached client is hung up on
+    /// (SIGHUP forwarded), before it is killed.
+    #[arg(long, default_value_t = 10)]
+    pub stop_timeout: u64,
     /// An OCI image layout (directory or tar) or a root filesystem directory.
     pub image: String,
     /// The command and its arguments (after `--`).
@@ -225,6 +229,7 @@ async fn run(root: &StateRoot, a: RunArgs) -> Result<i32, CliError> {
     let mode = IoMode {
         stdin: a.interactive,
         tty: a.tty,
+        hangup_grace: Duration::from_secs(a.stop_timeout),
     };
     let backend = backend::from_env()?;
     let opts = CreateOptions {
@@ -341,6 +346,7 @@ async fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32, CliError> {
     let mode = IoMode {
         stdin: a.interactive,
         tty: a.tty,
+        hangup_grace: Duration::from_secs(10),
     };
     let id = sb.container_id().to_string();
     // Random: two clients (even with one pid, from two PID namespaces) never share an id.
