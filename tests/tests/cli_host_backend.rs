@@ -886,3 +886,41 @@ fn c16_signals_to_an_attached_client_end_the_sandbox() {
         );
     }
 }
+
+/// The container log of `run -d` is bounded (`--log-max-size`, one rotation kept), and
+/// `box logs` prints what is kept, oldest first, ending with the newest output.
+#[test]
+fn c17_the_container_log_is_bounded() {
+    require_host_tier!();
+    let env = BoxEnv::new();
+    let script = "i=0; while [ $i -lt 4000 ]; do echo \"line $i of the log that must not grow forever\"; i=$((i+1)); done; echo last";
+    let o = env.run(&[
+        "run",
+        "-d",
+        "--name",
+        "chatty",
+        "--log-max-size",
+        "64k",
+        env.image(),
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    eventually("the exit of chatty is recorded", || {
+        env.record("chatty")["state"] == "Exited"
+    });
+    let dir = env.sandbox_dir("chatty");
+    let cur = std::fs::metadata(dir.join("container.log")).unwrap().len();
+    let old = std::fs::metadata(dir.join("container.log.1"))
+        .unwrap()
+        .len();
+    assert!(cur <= 64 << 10 && old == 64 << 10, "sizes {cur} and {old}");
+    let logs = env.run(&["logs", "chatty"]).stdout;
+    assert_eq!(logs.len() as u64, cur + old);
+    assert!(logs.ends_with("line 3999 of the log that must not grow forever\nlast\n"));
+    assert!(!logs.contains("line 0 of"), "the oldest output was kept");
+    let o = env.run(&["run", "--log-max-size", "0", env.image(), "--", "true"]);
+    assert_eq!(o.code, 125, "{}", o.stderr);
+}

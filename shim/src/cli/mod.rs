@@ -141,6 +141,9 @@ pub struct RunArgs {
     /// KEY=VALUE, or KEY to take this shell's value; repeatable.
     #[arg(short, long = "env")]
     pub env: Vec<String>,
+    /// Cap of the container log kept by `-d` (bytes, or with k/m/g), one rotation kept.
+    #[arg(long, value_parser = parse_size)]
+    pub log_max_size: Option<u64>,
     /// Seconds the container may take to exit after its attached client is hung up on
     /// (SIGHUP forwarded), before it is killed.
     #[arg(long, default_value_t = 10)]
@@ -241,6 +244,7 @@ async fn run(root: &StateRoot, a: RunArgs) -> Result<i32, CliError> {
         command: a.command,
         io: mode.request(),
         auto_remove: a.rm,
+        log_max_bytes: a.log_max_size.unwrap_or(0),
         boot_backstop: std::env::var("BOX_BOOT_TIMEOUT")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -430,23 +434,62 @@ fn ps(root: &StateRoot, all: bool) -> Result<i32, CliError> {
 
 fn logs(root: &StateRoot, name: &str) -> Result<i32, CliError> {
     let r = root.load(name)?;
-    let path = sandbox::log_path(&r);
-    match std::fs::File::open(&path) {
+    let [older, current] = sandbox::log_paths(&r);
+    let mut out = std::io::stdout().lock();
+    if let Ok(mut f) = std::fs::File::open(&older) {
+        std::io::copy(&mut f, &mut out)
+            .map_err(|e| CliError::Io(format!("{}: {e}", older.display())))?;
+    }
+    match std::fs::File::open(&current) {
         Ok(mut f) => {
-            std::io::copy(&mut f, &mut std::io::stdout().lock())
-                .map_err(|e| CliError::Io(format!("{}: {e}", path.display())))?;
+            std::io::copy(&mut f, &mut out)
+                .map_err(|e| CliError::Io(format!("{}: {e}", current.display())))?;
             Ok(0)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CliError::Usage(format!(
             "sandbox {name} has no logs: only `box run -d` keeps the output (attached runs print it)"
         ))),
-        Err(e) => Err(CliError::Io(format!("{}: {e}", path.display()))),
+        Err(e) => Err(CliError::Io(format!("{}: {e}", current.display()))),
+    }
+}
+
+/// `123`, `64k`, `10m`, `1g` (powers of 1024, as docker's sizes).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mul) = match t.strip_suffix(['k', 'm', 'g']) {
+        Some(n) => {
+            let shift = match t.chars().last() {
+                Some('k') => 10,
+                Some('m') => 20,
+                _ => 30,
+            };
+            (n, 1u64 << shift)
+        }
+        None => (t.strip_suffix('b').unwrap_or(&t), 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (say 64k, 10m, 1g)"))?;
+    match n.checked_mul(mul) {
+        Some(0) | None => Err(format!("{s:?}: a size must be above 0 and fit in 64 bits")),
+        Some(v) => Ok(v),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_as_docker_writes_them() {
+        assert_eq!(parse_size("123"), Ok(123));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_size("10M"), Ok(10 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        for bad in ["", "k", "0", "-1", "1.5m", "99999999999999999999g", "ten"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn shorten_counts_characters_not_bytes() {

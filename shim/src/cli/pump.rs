@@ -22,10 +22,11 @@ pub async fn run(root: &StateRoot, name: &str) -> Result<i32, CliError> {
     let id = record.id.clone();
     let out = client.open_stream(&id, "", StreamKind::Stdout).await?;
     let err = client.open_stream(&id, "", StreamKind::Stderr).await?;
-    let log = std::fs::File::options()
-        .create(true)
-        .append(true)
-        .open(&record.paths.container_log)
+    let max = match record.config.log_max_bytes {
+        0 => sandbox::log::DEFAULT_MAX_BYTES,
+        n => n,
+    };
+    let log = sandbox::log::CappedLog::open(&record.paths.container_log, max)
         .map_err(|e| CliError::Io(format!("{}: {e}", record.paths.container_log.display())))?;
     let log = Arc::new(Mutex::new(log));
     println!("ready");
@@ -36,13 +37,15 @@ pub async fn run(root: &StateRoot, name: &str) -> Result<i32, CliError> {
         // SAFETY: dup2 onto fd 1, which we own; `null` stays valid for the call.
         unsafe { libc::dup2(null.as_raw_fd(), 1) };
     }
-    let copy = |mut s: tokio::net::UnixStream, log: Arc<Mutex<std::fs::File>>| async move {
+    let copy = |mut s: tokio::net::UnixStream, log: Arc<Mutex<sandbox::log::CappedLog>>| async move {
         let mut buf = vec![0u8; 32 * 1024];
         loop {
             match s.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
-                    let _ = log.lock().unwrap().write_all(&buf[..n]);
+                    if let Err(e) = log.lock().unwrap().write(&buf[..n]) {
+                        tracing::warn!("container log: {e}");
+                    }
                 }
             }
         }

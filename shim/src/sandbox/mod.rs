@@ -10,6 +10,7 @@
 pub mod backend;
 use box_images as image;
 pub mod leftovers;
+pub mod log;
 pub mod readiness;
 pub mod state;
 pub mod vmm_process;
@@ -90,6 +91,8 @@ pub struct CreateOptions {
     pub command: Vec<String>,
     pub io: StdioRequest,
     pub auto_remove: bool,
+    /// Cap of one container log file (0: the default).
+    pub log_max_bytes: u64,
     /// How long a guest that runs but never answers is waited for.
     pub boot_backstop: Option<Duration>,
 }
@@ -295,6 +298,7 @@ impl Sandbox {
                 env,
                 cwd: image.config.working_dir.clone(),
                 auto_remove: opts.auto_remove,
+                log_max_bytes: opts.log_max_bytes,
             },
         };
         root.write(&record)?;
@@ -649,9 +653,12 @@ fn remove_without_record(root: &StateRoot, name: &str, force: bool) -> Result<()
     Ok(())
 }
 
-/// The sandbox's container log path (kept by `box run -d`).
-pub fn log_path(r: &Record) -> PathBuf {
-    r.paths.container_log.clone()
+/// The sandbox's container log files (kept by `box run -d`), oldest first.
+pub fn log_paths(r: &Record) -> [PathBuf; 2] {
+    [
+        log::rotated(&r.paths.container_log),
+        r.paths.container_log.clone(),
+    ]
 }
 
 #[cfg(test)]

@@ -103,6 +103,9 @@ pub struct RunConfig {
     pub cwd: String,
     /// Remove the record once the sandbox ends (`--rm`).
     pub auto_remove: bool,
+    /// Cap of one container log file (0: [`super::log::DEFAULT_MAX_BYTES`]).
+    #[serde(default)]
+    pub log_max_bytes: u64,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
