@@ -377,3 +377,72 @@ fn set_times(
     )
     .map_err(fs_err(rel, "setting the time"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn scratch() -> std::path::PathBuf {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "box-unpack-prop-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(d.join("root")).unwrap();
+        d
+    }
+
+    /// A header block with fields from `bytes`, checksummed so that tar reads past it.
+    fn forged_tar(blocks: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for b in blocks {
+            let mut h = [0u8; 512];
+            h[..b.len().min(512)].copy_from_slice(&b[..b.len().min(512)]);
+            h[148..156].fill(b' ');
+            let sum: u32 = h.iter().map(|&x| u32::from(x)).sum();
+            h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+            out.extend_from_slice(&h);
+            out.extend_from_slice(&[0u8; 512]);
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Cleaned paths never hold `.`, `..`, empty or `/`-bearing components.
+        #[test]
+        fn cleaned_paths_stay_inside(raw in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let p = RelPath::clean(Path::new(OsStr::from_bytes(&raw)));
+            let shown = p.to_string();
+            prop_assert!(shown.starts_with('/'));
+            for c in shown.split('/').skip(1) {
+                prop_assert!(c != "." && c != "..", "{shown}");
+            }
+        }
+
+        /// Whatever a layer holds, applying it is an error or a tree inside the root, and
+        /// the directory beside the root is never touched.
+        #[test]
+        fn any_layer_is_an_error_or_harmless(
+            blocks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..512), 0..6),
+            junk in proptest::collection::vec(any::<u8>(), 0..2048),
+        ) {
+            let d = scratch();
+            std::fs::write(d.join("canary"), b"x").unwrap();
+            let root = Root::open(&d.join("root")).unwrap();
+            let limits = Limits { max_bytes: 1 << 20, ..Limits::default() };
+            for input in [forged_tar(&blocks), junk.clone()] {
+                let _ = apply_layer(&root, input.as_slice(), &limits, &mut Usage::default());
+            }
+            let beside: Vec<_> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name()).collect();
+            prop_assert_eq!(beside.len(), 2);
+            prop_assert_eq!(std::fs::read(d.join("canary")).unwrap(), b"x".to_vec());
+            let _ = std::fs::remove_dir_all(&d);
+        }
+    }
+}

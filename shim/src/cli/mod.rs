@@ -531,3 +531,52 @@ mod tests {
         assert_eq!(cannot(126).exit_code(), 126);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use clap::Parser;
+    use proptest::prelude::*;
+
+    fn word() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("run".to_string()),
+            Just("exec".to_string()),
+            Just("--".to_string()),
+            Just("-e".to_string()),
+            Just("--memory".to_string()),
+            Just("--cpus".to_string()),
+            Just("--log-max-size".to_string()),
+            Just("-it".to_string()),
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// No argument list makes the parser or the option checks panic.
+        #[test]
+        fn any_command_line_parses_or_errs(args in proptest::collection::vec(word(), 0..8)) {
+            let argv = std::iter::once("box".to_string()).chain(args);
+            if let Ok(Cli { command: Cmd::Run(a) }) = Cli::try_parse_from(argv) {
+                let env = resolve_env(&a.env).unwrap_or_default();
+                let opts = CreateOptions {
+                    name: a.name,
+                    image: a.image,
+                    cpus: a.cpus,
+                    memory_mib: a.memory,
+                    env,
+                    command: a.command,
+                    ..Default::default()
+                };
+                let _ = opts.validate();
+            }
+        }
+
+        #[test]
+        fn any_size_parses_or_errs(s in any::<String>()) {
+            let _ = parse_size(&s);
+        }
+    }
+}

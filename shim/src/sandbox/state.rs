@@ -492,3 +492,30 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Whatever bytes a record file holds, loading and listing answer without a panic,
+        /// and the sandbox stays listed.
+        #[test]
+        fn any_record_bytes_load_or_err(data in proptest::collection::vec(any::<u8>(), 0..600), tmp in any::<bool>()) {
+            let dir = std::env::temp_dir().join(format!("box-state-prop-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let root = StateRoot::new(&dir);
+            root.reserve("x").unwrap();
+            let file = if tmp { "record.json.tmp" } else { "record.json" };
+            std::fs::write(root.dir("x").join(file), &data).unwrap();
+            let _ = root.load("x");
+            let listed = root.list().unwrap();
+            prop_assert_eq!(listed.len(), 1);
+            prop_assert_eq!(&listed[0].name, "x");
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
