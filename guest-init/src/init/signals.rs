@@ -62,8 +62,14 @@ pub fn spawn_supervisor(
                     Ok(Signal::SIGCHLD) => {
                         children_left.send_replace(registry.reap_exited());
                     }
-                    Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => {
+                    // Only from outside the guest's processes (the kernel, or the host in
+                    // host-process mode, both seen as pid 0): a container's `kill -TERM 1`
+                    // must not shut its sandbox down.
+                    Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) if info.ssi_pid == 0 => {
                         let _ = shutdown.send(ShutdownCause::Signal);
+                    }
+                    Ok(s @ (Signal::SIGTERM | Signal::SIGINT)) => {
+                        tracing::warn!("ignoring {s} from pid {} in the guest", info.ssi_pid);
                     }
                     Ok(other) => tracing::debug!("ignoring {other}"),
                     Err(_) => {}

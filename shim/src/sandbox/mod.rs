@@ -12,6 +12,7 @@ use box_images as image;
 pub mod leftovers;
 pub mod log;
 pub mod readiness;
+pub mod security;
 pub mod state;
 pub mod vmm_process;
 
@@ -171,6 +172,8 @@ pub fn process_spec(args: &[String], env: &[String], cwd: &str, terminal: bool) 
         "args": args,
         "env": env,
         "cwd": if cwd.is_empty() { "/" } else { cwd },
+        "capabilities": security::capabilities(),
+        "noNewPrivileges": true,
     })
 }
 
@@ -184,7 +187,11 @@ pub fn container_spec(hostname: &str, process: Value) -> Value {
         "mounts": [
             {"destination": "/proc", "type": "proc", "source": "proc"},
             {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}
-        ]
+        ],
+        "linux": {
+            "maskedPaths": security::MASKED_PATHS,
+            "readonlyPaths": security::READONLY_PATHS,
+        },
     })
 }
 

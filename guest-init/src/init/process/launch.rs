@@ -6,7 +6,7 @@ use std::path::Path;
 
 use oci_spec::runtime::{Mount, Process};
 
-use super::spawn::{ChildMount, ChildStdio, DeviceBind, Launch, RootSetup, MAX_ARGS};
+use super::spawn::{ChildMount, ChildStdio, DeviceBind, Launch, Privileges, RootSetup, MAX_ARGS};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -22,6 +22,41 @@ pub enum LaunchError {
     BadMountDestination(String),
     #[error("preparing mount point {0}: {1}")]
     MountPoint(String, String),
+    #[error("unknown capability {0}")]
+    Capability(String),
+    #[error("masked or read-only path {0:?} is not an absolute path")]
+    BadPath(String),
+}
+
+/// The spec's capability sets as masks; `None` when it names none (init's are kept).
+fn privileges(process: &Process) -> Result<Option<Privileges>, LaunchError> {
+    let Some(c) = process.capabilities() else {
+        return Ok(None);
+    };
+    let mask = |set: &Option<oci_spec::runtime::Capabilities>| -> Result<u64, LaunchError> {
+        let mut m = 0u64;
+        for cap in set.iter().flatten() {
+            let name = cap.to_string();
+            let name = if name.starts_with("CAP_") {
+                name
+            } else {
+                format!("CAP_{name}")
+            };
+            let c: caps::Capability = name
+                .parse()
+                .map_err(|_| LaunchError::Capability(name.clone()))?;
+            m |= 1 << c.index();
+        }
+        Ok(m)
+    };
+    Ok(Some(Privileges {
+        bounding: mask(c.bounding())?,
+        effective: mask(c.effective())?,
+        permitted: mask(c.permitted())?,
+        inheritable: mask(c.inheritable())?,
+        ambient: mask(c.ambient())?,
+        no_new_privs: process.no_new_privileges().unwrap_or(false),
+    }))
 }
 
 fn cstr(s: &str, what: &'static str) -> Result<CString, LaunchError> {
@@ -72,6 +107,7 @@ pub fn build(process: &Process, root: RootSetup, stdio: ChildStdio) -> Result<La
         uid: user.uid(),
         gid: user.gid(),
         additional_gids: user.additional_gids().clone().unwrap_or_default(),
+        privileges: privileges(process)?,
         root,
         stdio,
     })
@@ -80,8 +116,24 @@ pub fn build(process: &Process, root: RootSetup, stdio: ChildStdio) -> Result<La
 /// The OCI runtime spec's default devices, bound from init's own `/dev`.
 const DEFAULT_DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
-/// A new root at `rootfs` with the spec's mounts and the default devices.
-pub fn new_root(rootfs: &Path, mounts: &[Mount]) -> Result<RootSetup, LaunchError> {
+/// A new root at `rootfs` with the spec's mounts, the default devices, and the spec's masked
+/// and read-only paths.
+pub fn new_root(
+    rootfs: &Path,
+    mounts: &[Mount],
+    masked: &[String],
+    readonly: &[String],
+) -> Result<RootSetup, LaunchError> {
+    let inside = |list: &[String]| -> Result<Vec<CString>, LaunchError> {
+        list.iter()
+            .map(|p| {
+                if !p.starts_with('/') || p.split('/').any(|c| c == "..") {
+                    return Err(LaunchError::BadPath(p.clone()));
+                }
+                cstr(p, "a masked path")
+            })
+            .collect()
+    };
     let path = |p: &Path| cstr(&p.to_string_lossy(), "a rootfs path");
     let dev = rootfs.join("dev");
     let devices = DEFAULT_DEVICES
@@ -99,6 +151,8 @@ pub fn new_root(rootfs: &Path, mounts: &[Mount]) -> Result<RootSetup, LaunchErro
         mounts: container_mounts(rootfs, mounts)?,
         dev_dir: path(&dev)?,
         devices,
+        masked: inside(masked)?,
+        readonly: inside(readonly)?,
     })
 }
 

@@ -27,6 +27,11 @@ pub enum RootSetup {
         /// `<rootfs>/dev`, created if missing, and the default devices bound into it.
         dev_dir: CString,
         devices: Vec<DeviceBind>,
+        /// Paths (inside the new root) hidden: `/dev/null` over files, an empty read-only
+        /// tmpfs over directories, as runc does with the spec's `maskedPaths`.
+        masked: Vec<CString>,
+        /// Paths (inside the new root) bound read-only over themselves (`readonlyPaths`).
+        readonly: Vec<CString>,
     },
     /// Join an existing container's mount namespace (exec'd processes).
     JoinMountNs { ns: OwnedFd },
@@ -49,6 +54,17 @@ pub struct DeviceBind {
     pub target: CString,
 }
 
+/// A process's capability sets as bit masks (bit n = capability n), as the spec gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Privileges {
+    pub bounding: u64,
+    pub effective: u64,
+    pub permitted: u64,
+    pub inheritable: u64,
+    pub ambient: u64,
+    pub no_new_privs: bool,
+}
+
 /// The child's stdin, stdout and stderr, and whether fd 0 is its controlling terminal.
 pub struct ChildStdio {
     pub stdin: OwnedFd,
@@ -67,6 +83,8 @@ pub struct Launch {
     pub uid: libc::uid_t,
     pub gid: libc::gid_t,
     pub additional_gids: Vec<libc::gid_t>,
+    /// Capability sets and no_new_privs; `None` keeps init's (all capabilities).
+    pub privileges: Option<Privileges>,
     pub root: RootSetup,
     pub stdio: ChildStdio,
 }
@@ -90,6 +108,8 @@ pub enum Stage {
     SetGid,
     SetUid,
     Exec,
+    Mask,
+    Capabilities,
 }
 
 impl Stage {
@@ -111,6 +131,8 @@ impl Stage {
             SetGid,
             SetUid,
             Exec,
+            Mask,
+            Capabilities,
         ]
         .into_iter()
         .find(|s| *s as u8 == v)
@@ -263,6 +285,8 @@ fn child_main(l: &Launch, status_w: RawFd, go_r: RawFd) -> ! {
                 mounts,
                 dev_dir,
                 devices,
+                masked,
+                readonly,
             } => {
                 if libc::unshare(libc::CLONE_NEWNS) < 0 {
                     fail(status_w, Stage::Unshare);
@@ -355,6 +379,7 @@ fn child_main(l: &Launch, status_w: RawFd, go_r: RawFd) -> ! {
                 if libc::chdir(root.as_ptr()) < 0 {
                     fail(status_w, Stage::SwitchRoot);
                 }
+                mask_paths(masked, readonly, status_w);
             }
             RootSetup::JoinMountNs { ns } => {
                 // Joining a mount namespace also moves root and cwd to that namespace's root.
@@ -377,6 +402,9 @@ fn child_main(l: &Launch, status_w: RawFd, go_r: RawFd) -> ! {
         if libc::chdir(ptr(&l.cwd)) < 0 {
             fail(status_w, Stage::Chdir);
         }
+        if let Some(p) = &l.privileges {
+            drop_bounding(p, status_w);
+        }
         if libc::setgroups(l.additional_gids.len(), l.additional_gids.as_ptr()) < 0 {
             fail(status_w, Stage::SetGroups);
         }
@@ -385,6 +413,9 @@ fn child_main(l: &Launch, status_w: RawFd, go_r: RawFd) -> ! {
         }
         if libc::setuid(l.uid) < 0 {
             fail(status_w, Stage::SetUid);
+        }
+        if let Some(p) = &l.privileges {
+            set_capabilities(p, status_w);
         }
         let ready = [READY];
         if libc::write(status_w, ready.as_ptr().cast(), 1) != 1 {
@@ -418,6 +449,152 @@ fn child_main(l: &Launch, status_w: RawFd, go_r: RawFd) -> ! {
         }
         nix::Error::set_raw(err);
         fail(status_w, Stage::Exec)
+    }
+}
+
+/// Masks and read-only binds, inside the container's root (after the switch).
+///
+/// # Safety
+/// Child side of the fork: raw syscalls only, on strings built before it.
+unsafe fn mask_paths(masked: &[CString], readonly: &[CString], status_w: RawFd) {
+    // SAFETY: (all blocks) raw syscalls on NUL-terminated strings that outlive the calls and
+    // a stack `stat` buffer; async-signal-safe, no allocation.
+    unsafe {
+        for p in masked {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::lstat(ptr(p), &mut st) < 0 {
+                if nix::Error::last_raw() == libc::ENOENT {
+                    continue;
+                }
+                fail(status_w, Stage::Mask);
+            }
+            let r = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                libc::mount(
+                    c"tmpfs".as_ptr(),
+                    ptr(p),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    std::ptr::null(),
+                )
+            } else {
+                libc::mount(
+                    c"/dev/null".as_ptr(),
+                    ptr(p),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                )
+            };
+            if r < 0 {
+                fail(status_w, Stage::Mask);
+            }
+        }
+        for p in readonly {
+            if libc::mount(
+                ptr(p),
+                ptr(p),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ) < 0
+            {
+                if nix::Error::last_raw() == libc::ENOENT {
+                    continue;
+                }
+                fail(status_w, Stage::Mask);
+            }
+            if libc::mount(
+                ptr(p),
+                ptr(p),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC,
+                std::ptr::null(),
+            ) < 0
+            {
+                fail(status_w, Stage::Mask);
+            }
+        }
+    }
+}
+
+/// Drops what is not in the bounding set (needs CAP_SETPCAP, so before setuid), keeping the
+/// permitted set across a setuid to a non-root user.
+///
+/// # Safety
+/// Child side of the fork: raw syscalls only.
+unsafe fn drop_bounding(p: &Privileges, status_w: RawFd) {
+    // SAFETY: prctl(2) with integer arguments; async-signal-safe.
+    unsafe {
+        if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0 {
+            fail(status_w, Stage::Capabilities);
+        }
+        for cap in 0..64u64 {
+            if p.bounding & (1 << cap) != 0 {
+                continue;
+            }
+            if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 {
+                // Past the kernel's last capability.
+                if nix::Error::last_raw() == libc::EINVAL {
+                    break;
+                }
+                fail(status_w, Stage::Capabilities);
+            }
+        }
+    }
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
+/// The effective, permitted and inheritable sets, the ambient set, and no_new_privs.
+///
+/// # Safety
+/// Child side of the fork: raw syscalls only, on stack structs.
+unsafe fn set_capabilities(p: &Privileges, status_w: RawFd) {
+    let mut header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let half = |m: u64, hi: bool| if hi { (m >> 32) as u32 } else { m as u32 };
+    let data = [false, true].map(|hi| CapData {
+        effective: half(p.effective, hi),
+        permitted: half(p.permitted, hi),
+        inheritable: half(p.inheritable, hi),
+    });
+    // SAFETY: capset(2) reads the two stack structs above; prctl(2) takes integers. No
+    // libc wrapper allocates; all are async-signal-safe.
+    unsafe {
+        if libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) < 0 {
+            fail(status_w, Stage::Capabilities);
+        }
+        let clear = libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong;
+        if libc::prctl(libc::PR_CAP_AMBIENT, clear, 0, 0, 0) < 0 {
+            fail(status_w, Stage::Capabilities);
+        }
+        for cap in 0..64u64 {
+            if p.ambient & (1 << cap) != 0 {
+                let raise = libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong;
+                if libc::prctl(libc::PR_CAP_AMBIENT, raise, cap, 0, 0) < 0 {
+                    fail(status_w, Stage::Capabilities);
+                }
+            }
+        }
+        if p.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+            fail(status_w, Stage::Capabilities);
+        }
     }
 }
 

@@ -190,8 +190,20 @@ impl Tasks {
                 rootfs.display()
             )));
         }
-        let root = launch::new_root(&rootfs, spec.mounts().as_deref().unwrap_or(&[]))
-            .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+        let linux = spec.linux().as_ref();
+        let masked = linux
+            .and_then(|l| l.masked_paths().clone())
+            .unwrap_or_default();
+        let readonly = linux
+            .and_then(|l| l.readonly_paths().clone())
+            .unwrap_or_default();
+        let root = launch::new_root(
+            &rootfs,
+            spec.mounts().as_deref().unwrap_or(&[]),
+            &masked,
+            &readonly,
+        )
+        .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
         let terminal = req.terminal || oci_process.terminal().unwrap_or(false);
         let req = ProcessRequest { terminal, ..req };
         let (io, stdio) = Io::new(req.wanted(), self.drain_grace)
@@ -265,7 +277,7 @@ impl Tasks {
             terminal,
             req.io_names.clone(),
             io,
-            Phase::Defined(Some(launch)),
+            Phase::Defined(Some(Box::new(launch))),
         );
         execs.insert(req.exec_id.clone(), p);
         Ok(())
@@ -289,7 +301,7 @@ impl Tasks {
             let launch = launch.ok_or_else(|| {
                 TaskError::FailedPrecondition(format!("exec {exec_id:?} was already started"))
             })?;
-            match self.spawn(&p, launch).await {
+            match self.spawn(&p, *launch).await {
                 Ok(h) => h,
                 Err(e) => {
                     p.set_started(false);

@@ -18,7 +18,7 @@ use crate::init::reaper::{Exit, Route};
 
 pub enum Phase {
     /// An exec registered by `Exec`, waiting for `Start`.
-    Defined(Option<Launch>),
+    Defined(Option<Box<Launch>>),
     /// Forked and set up, held until `Start` (the container's main process).
     Created(Option<Held>),
     Running(Pid),
