@@ -997,3 +997,79 @@ fn c18_containers_run_with_docker_defaults() {
     );
     assert_eq!(env.run(&["rm", "-f", "pid1"]).code, 0);
 }
+
+/// The image's `User`, `-u` over it, names resolved in the container's own /etc/passwd and
+/// /etc/group (never the host's, even through a symlink), supplementary groups as docker's.
+#[test]
+fn c19_users_come_from_the_image() {
+    require_host_tier!();
+    let env = BoxEnv::new();
+    let etc = env.rootfs.join("etc");
+    std::fs::write(
+        etc.join("passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nbob:x:1000:1000::/home/bob:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(
+        etc.join("group"),
+        "root:x:0:\nbob:x:1000:\nstaff:x:50:bob\n",
+    )
+    .unwrap();
+    let ids = "echo $(id -u) $(id -g) $(id -G) $HOME";
+    let o = env.run(&[
+        "run",
+        "--rm",
+        "-u",
+        "bob",
+        env.image(),
+        "--",
+        "sh",
+        "-c",
+        ids,
+    ]);
+    assert_eq!(o.stdout, "1000 1000 1000 50 /home/bob\n", "{}", o.stderr);
+    let o = env.run(&[
+        "run",
+        "--rm",
+        "-u",
+        "4242:7",
+        env.image(),
+        "--",
+        "sh",
+        "-c",
+        ids,
+    ]);
+    assert_eq!(o.stdout, "4242 7 7 /\n", "{}", o.stderr);
+    let o = env.run(&["run", "--rm", "-u", "nobody", env.image(), "--", "true"]);
+    assert_eq!(o.code, 125);
+    assert_eq!(
+        o.stderr.trim(),
+        "box: user \"nobody\": no such user in the container's /etc/passwd"
+    );
+    // The image's User, and exec: the container's user by default, -u over it.
+    let layout = env.dir.join("layout");
+    write_oci_layout(
+        &layout,
+        &[vec![(".".into(), Some(env.rootfs.clone()))]],
+        serde_json::json!({"architecture": "amd64", "os": "linux",
+            "config": {"User": "bob", "Env": ["PATH=/bin"]}}),
+    );
+    let img = layout.to_str().unwrap();
+    let o = env.run(&["run", "--rm", img, "--", "id", "-u"]);
+    assert_eq!(o.stdout, "1000\n", "{}", o.stderr);
+    let o = env.run(&["run", "-d", "--name", "who", img, "--", "sleep", "300"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(env.run(&["exec", "who", "--", "id", "-u"]).stdout, "1000\n");
+    assert_eq!(
+        env.run(&["exec", "-u", "root", "who", "--", "id", "-u"])
+            .stdout,
+        "0\n"
+    );
+    assert_eq!(env.run(&["rm", "-f", "who"]).code, 0);
+    // /etc/passwd as a symlink to the host's: resolved inside the container, so the host's
+    // users (daemon here) are not found.
+    std::fs::remove_file(etc.join("passwd")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", etc.join("passwd")).unwrap();
+    let o = env.run(&["run", "--rm", "-u", "daemon", env.image(), "--", "true"]);
+    assert_eq!(o.code, 125, "the host's /etc/passwd was read: {}", o.stdout);
+}

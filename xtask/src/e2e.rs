@@ -61,6 +61,17 @@ box rm -f victim 2>>/tmp/e8; rc=$?
 after=$(live_vmms)
 if [ $rc = 0 ] && [ "$before" -ge 1 ] && [ "$after" = 0 ] && [ ! -e "$BOX_STATE_DIR/sandboxes/victim" ]; then ok "8 rm -f of a running sandbox: no box-vmm left, state entry gone"; else bad "8 rm -f" "rc=$rc vmm before=$before after=$after $(ls $BOX_STATE_DIR/sandboxes 2>&1) $(tail -2 /tmp/e8)"; fi
 
+# In-guest hardening in a real guest kernel (one with modules): docker's capabilities, no
+# module loading, /proc/sys read-only, and PID 1 deaf to a container's SIGTERM.
+box run -d --name hard "$IMG" -- sleep 100000 >/dev/null 2>/tmp/e9
+caps=$(box exec hard -- grep CapEff /proc/self/status 2>>/tmp/e9)
+box exec hard -- sh -c 'echo x > /tmp/m.ko; insmod /tmp/m.ko' 2>/tmp/e9m; insrc=$?
+box exec hard -- sh -c 'echo 1 > /proc/sys/kernel/panic' 2>/tmp/e9s; sysrc=$?
+box exec hard -- kill -TERM 1 2>>/tmp/e9
+alive=$(box exec hard -- echo alive 2>>/tmp/e9)
+if [ "$caps" = "CapEff:	00000000a80425fb" ] && [ $insrc != 0 ] && grep -q "not permitted" /tmp/e9m && [ $sysrc != 0 ] && [ "$alive" = alive ]; then ok "9 hardening in the guest: docker caps, insmod refused, /proc/sys read-only, kill -TERM 1 ignored"; else bad "9 hardening" "caps=[$caps] insmod=$insrc($(head -1 /tmp/e9m)) sys=$sysrc alive=[$alive] $(tail -2 /tmp/e9)"; fi
+box rm -f hard >/dev/null 2>&1
+
 echo "e2e: $pass passed, $fail failed"
 echo "$pass passed, $fail failed"
 [ $fail = 0 ]

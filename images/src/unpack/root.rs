@@ -97,6 +97,24 @@ impl Root {
         Ok(Root { fd })
     }
 
+    /// A regular file's content (at most `cap` bytes), resolved inside the root: what the
+    /// container would read at that path, never a host file a symlink points at.
+    pub fn read_file(&self, rel: &RelPath, cap: u64) -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        let fd = openat2(
+            self.fd.as_fd(),
+            rel.as_arg().as_os_str(),
+            resolve_how(OFlag::O_RDONLY),
+        )?;
+        let f = std::fs::File::from(fd);
+        if !f.metadata()?.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        let mut data = Vec::new();
+        f.take(cap).read_to_end(&mut data)?;
+        Ok(data)
+    }
+
     /// The directory at `rel`, resolved inside the root.
     pub fn open_dir(&self, rel: &RelPath) -> Result<OwnedFd, Errno> {
         openat2(

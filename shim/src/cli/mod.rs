@@ -141,6 +141,9 @@ pub struct RunArgs {
     /// KEY=VALUE, or KEY to take this shell's value; repeatable.
     #[arg(short, long = "env")]
     pub env: Vec<String>,
+    /// USER[:GROUP] (names or ids, from the container's /etc/passwd), over the image's User.
+    #[arg(short, long)]
+    pub user: Option<String>,
     /// Cap of the container log kept by `-d` (bytes, or with k/m/g), one rotation kept.
     #[arg(long, value_parser = parse_size)]
     pub log_max_size: Option<u64>,
@@ -157,6 +160,9 @@ pub struct RunArgs {
 
 #[derive(Args, Debug)]
 pub struct ExecArgs {
+    /// USER[:GROUP], over the container's user.
+    #[arg(short, long)]
+    pub user: Option<String>,
     #[arg(short, long)]
     pub interactive: bool,
     #[arg(short, long)]
@@ -245,6 +251,7 @@ async fn run(root: &StateRoot, a: RunArgs) -> Result<i32, CliError> {
         io: mode.request(),
         auto_remove: a.rm,
         log_max_bytes: a.log_max_size.unwrap_or(0),
+        user: a.user,
         boot_backstop: std::env::var("BOX_BOOT_TIMEOUT")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -360,7 +367,18 @@ async fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32, CliError> {
         env = sandbox::merge_env(&[&env, &["TERM=xterm".to_string()]]);
     }
     env = sandbox::merge_env(&[&env, &resolve_env(&a.env)?]);
-    let spec = sandbox::process_spec(&a.command, &env, &sb.record.config.cwd, a.tty);
+    let user = match (&a.user, &sb.record.paths.rootfs) {
+        (None, _) => sb.record.config.user.clone(),
+        (Some(u), Some(rootfs)) => {
+            sandbox::user::resolve(rootfs, u).map_err(|e| CliError::Usage(e.to_string()))?
+        }
+        (Some(_), None) => {
+            return Err(CliError::Usage(
+                "-u: this sandbox's root filesystem is not known".into(),
+            ))
+        }
+    };
+    let spec = sandbox::process_spec(&a.command, &env, &sb.record.config.cwd, a.tty, &user);
     let c = sb.client.clone();
     c.exec(&id, &exec_id, &spec, &mode.request()).await?;
     let streams = attach::open_streams(&c, &id, &exec_id, mode).await?;

@@ -14,6 +14,7 @@ pub mod log;
 pub mod readiness;
 pub mod security;
 pub mod state;
+pub mod user;
 pub mod vmm_process;
 
 use std::io::Read;
@@ -94,6 +95,8 @@ pub struct CreateOptions {
     pub auto_remove: bool,
     /// Cap of one container log file (0: the default).
     pub log_max_bytes: u64,
+    /// `-u`: overrides the image's `User`.
+    pub user: Option<String>,
     /// How long a guest that runs but never answers is waited for.
     pub boot_backstop: Option<Duration>,
 }
@@ -165,10 +168,16 @@ pub fn random_hex(bytes: usize) -> String {
 }
 
 /// An OCI process spec.
-pub fn process_spec(args: &[String], env: &[String], cwd: &str, terminal: bool) -> Value {
+pub fn process_spec(
+    args: &[String],
+    env: &[String],
+    cwd: &str,
+    terminal: bool,
+    user: &user::UserIds,
+) -> Value {
     json!({
         "terminal": terminal,
-        "user": {"uid": 0, "gid": 0},
+        "user": {"uid": user.uid, "gid": user.gid, "additionalGids": user.additional_gids},
         "args": args,
         "env": env,
         "cwd": if cwd.is_empty() { "/" } else { cwd },
@@ -268,7 +277,17 @@ impl Sandbox {
         } else {
             Vec::new()
         };
-        let base = [DEFAULT_PATH.to_string(), "HOME=/root".to_string()];
+        let user_spec = opts
+            .user
+            .clone()
+            .unwrap_or_else(|| image.config.user.clone());
+        let ids = user::resolve(&image.rootfs, &user_spec)
+            .map_err(|e| SandboxError::InvalidOption(e.to_string()))?;
+        let home = ids
+            .home
+            .clone()
+            .unwrap_or_else(|| if ids.uid == 0 { "/root" } else { "/" }.to_string());
+        let base = [DEFAULT_PATH.to_string(), format!("HOME={home}")];
         let env = merge_env(&[&base, &image.config.env, &terminal_env, &opts.env]);
         let name = opts
             .name
@@ -306,6 +325,7 @@ impl Sandbox {
                 cwd: image.config.working_dir.clone(),
                 auto_remove: opts.auto_remove,
                 log_max_bytes: opts.log_max_bytes,
+                user: ids,
             },
         };
         root.write(&record)?;
@@ -370,6 +390,7 @@ impl Sandbox {
                 &record.config.env,
                 &record.config.cwd,
                 opts.io.terminal,
+                &record.config.user,
             ),
         );
         let bundle = backend.bundle_dir(&record.paths, &record.id);

@@ -106,6 +106,9 @@ pub struct RunConfig {
     /// Cap of one container log file (0: [`super::log::DEFAULT_MAX_BYTES`]).
     #[serde(default)]
     pub log_max_bytes: u64,
+    /// Who the container's processes run as (execs too, unless `-u`).
+    #[serde(default)]
+    pub user: super::user::UserIds,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
