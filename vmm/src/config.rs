@@ -82,6 +82,18 @@ pub struct Cli {
     /// (guest init: `outb` any value there when userspace is up), and to the first console byte.
     #[arg(long)]
     pub boot_timer: bool,
+    /// Jail the VMM (as Firecracker's jailer does): new mount, PID, IPC, UTS and network
+    /// namespaces, DIR as its root (kernel, initrd and disks bound in; --vsock-uds and
+    /// --console must lie inside DIR), running as --jail-uid/--jail-gid without capabilities.
+    #[arg(long, value_name = "DIR")]
+    pub jail: Option<PathBuf>,
+    #[arg(long, value_name = "UID")]
+    pub jail_uid: Option<u32>,
+    #[arg(long, value_name = "GID")]
+    pub jail_gid: Option<u32>,
+    /// A cgroup v2 directory (limits set by the caller) the jailed VMM moves itself into.
+    #[arg(long, value_name = "DIR")]
+    pub jail_cgroup: Option<PathBuf>,
     /// Do not install the seccomp syscall filter on VMM threads (debugging only).
     #[arg(long)]
     pub no_seccomp: bool,
@@ -143,6 +155,24 @@ pub enum Console {
     Stdout,
     /// A file, created or truncated.
     File(PathBuf),
+}
+
+impl Cli {
+    /// The jail the flags ask for, if any.
+    pub fn jail(&self) -> Result<Option<crate::jail::JailConfig>, ConfigError> {
+        let Some(root) = &self.jail else {
+            return Ok(None);
+        };
+        let (Some(uid), Some(gid)) = (self.jail_uid, self.jail_gid) else {
+            return Err(ConfigError::JailWithoutIds);
+        };
+        Ok(Some(crate::jail::JailConfig {
+            root: root.clone(),
+            uid,
+            gid,
+            cgroup: self.jail_cgroup.clone(),
+        }))
+    }
 }
 
 impl Console {

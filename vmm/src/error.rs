@@ -99,6 +99,12 @@ pub enum ConfigError {
         #[source]
         source: linux_loader::loader::Error,
     },
+    #[error("{0} {1:?} must lie inside the jail root (--jail)")]
+    OutsideJail(&'static str, PathBuf),
+    #[error("--jail-uid and --jail-gid must name an unprivileged user and group (not 0)")]
+    JailAsRoot,
+    #[error("--jail needs --jail-uid and --jail-gid")]
+    JailWithoutIds,
     #[error("initrd {path:?} ({size} bytes) does not fit in guest memory below {limit:#x}")]
     InitrdTooBig {
         path: PathBuf,

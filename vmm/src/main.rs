@@ -36,7 +36,14 @@ fn main() -> ProcessExit {
 }
 
 fn run(cli: &Cli, start: Instant) -> Result<box_vmm::error::VmExit, Error> {
-    let cfg = VmConfig::from_cli(cli)?;
+    let mut cfg = VmConfig::from_cli(cli)?;
+    if let Some(jail) = cli.jail()? {
+        // Before the jail hides /sys: a PVM host is named plainly, not as a jail failure.
+        if box_vmm::kvm::caps::is_pvm_host() && std::env::var_os("BOX_VMM_FORCE_PVM").is_none() {
+            return Err(Error::PvmHost);
+        }
+        box_vmm::jail::enter(&mut cfg, &jail)?;
+    }
     box_vmm::machine::run_config(&cfg, start)
 }
 

@@ -72,6 +72,34 @@ alive=$(box exec hard -- echo alive 2>>/tmp/e9)
 if [ "$caps" = "CapEff:	00000000a80425fb" ] && [ $insrc != 0 ] && grep -q "not permitted" /tmp/e9m && [ $sysrc != 0 ] && [ "$alive" = alive ]; then ok "9 hardening in the guest: docker caps, insmod refused, /proc/sys read-only, kill -TERM 1 ignored"; else bad "9 hardening" "caps=[$caps] insmod=$insrc($(head -1 /tmp/e9m)) sys=$sysrc alive=[$alive] $(tail -2 /tmp/e9)"; fi
 box rm -f hard >/dev/null 2>&1
 
+# The VMM's jail: its own uid, no capabilities, no_new_privs, its own mount/net/pid
+# namespaces, a root holding only its files, a cgroup with the VM's limits.
+box run -d --name jailed "$IMG" -- sleep 100000 >/dev/null 2>/tmp/e10
+waiter=$(box inspect jailed | tr -d ' \n' | sed 's/.*"vmm":{"pid":\([0-9]*\).*/\1/')
+vmm=$(for s in /proc/[0-9]*/stat; do set -- $(cat $s 2>/dev/null); [ "$4" = "$waiter" ] && echo $1; done | head -1)
+st=$(grep -E '^(Uid|CapEff|NoNewPrivs)' /proc/$vmm/status 2>/dev/null | tr -s '\t ' ' ' | tr '\n' ';')
+rootls=$(ls /proc/$vmm/root/ 2>&1 | tr '\n' ' ')
+samenet=$([ "$(readlink /proc/$vmm/ns/net)" = "$(readlink /proc/self/ns/net)" ] && echo same || echo own)
+samemnt=$([ "$(readlink /proc/$vmm/ns/mnt)" = "$(readlink /proc/self/ns/mnt)" ] && echo same || echo own)
+cg=$(cat /proc/$vmm/cgroup 2>/dev/null)
+memmax=$(cat /sys/fs/cgroup/box/jailed/memory.max 2>/dev/null)
+hi=$(box exec jailed -- echo hi 2>>/tmp/e10)
+box rm -f jailed >/dev/null 2>>/tmp/e10
+cggone=$([ -d /sys/fs/cgroup/box/jailed ] && echo left || echo gone)
+case "$st" in "Uid: 15"*"CapEff: 0000000000000000;NoNewPrivs: 1;") stok=1;; *) stok=0;; esac
+if [ -n "$vmm" ] && [ $stok = 1 ] && [ "$rootls" = "console.log dev disk0 initrd kernel vsock.sock " ] && [ $samenet = own ] && [ $samemnt = own ] && [ "$cg" = "0::/box/jailed" ] && [ "$memmax" = 402653184 ] && [ "$hi" = hi ] && [ $cggone = gone ]; then ok "10 jailed VMM: uid $(echo $st | cut -d' ' -f2), no caps, no_new_privs, own mount+net ns, root holds only [$rootls], cgroup memory.max $memmax, removed with the sandbox"; else bad "10 jail" "vmm=$vmm st=[$st] root=[$rootls] net=$samenet mnt=$samemnt cg=[$cg] mem=[$memmax] hi=[$hi] cg=$cggone $(tail -3 /tmp/e10)"; fi
+
+# cgroups in the guest: the container in its own cgroup, --pids-limit enforced, an OOM inside
+# the container kills the container's process (not the guest) and is reported as such.
+cgline=$(box run --rm "$IMG" -- cat /proc/self/cgroup 2>/tmp/e11)
+box run --rm --pids-limit 4 "$IMG" -- sh -c 'for i in 1 2 3 4 5 6; do sleep 1 & done; wait' 2>/tmp/e11p
+box run --name oom "$IMG" -- sh -c 'head -c 400m /dev/zero | tail' 2>>/tmp/e11; oomrc=$?
+oomrec=$(box inspect oom 2>>/tmp/e11 | grep -c '"oom_killed": true')
+oomps=$(box ps -a 2>&1 | grep '^oom ' | grep -c 'OOM killed')
+box rm oom >/dev/null 2>>/tmp/e11
+case "$cgline" in "0::/"?*) cgok=1;; *) cgok=0;; esac
+if [ $cgok = 1 ] && grep -q "fork" /tmp/e11p && [ $oomrc = 137 ] && [ "$oomrec" = 1 ] && [ "$oomps" = 1 ]; then ok "11 guest cgroups: container in [$cgline], --pids-limit 4 refuses forks, OOM -> exit 137, OOMKilled recorded"; else bad "11 cgroups" "cg=[$cgline] pids=[$(head -1 /tmp/e11p)] oomrc=$oomrc rec=$oomrec ps=$oomps $(tail -2 /tmp/e11)"; fi
+
 echo "e2e: $pass passed, $fail failed"
 echo "$pass passed, $fail failed"
 [ $fail = 0 ]

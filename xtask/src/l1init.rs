@@ -46,6 +46,8 @@ pub fn script(nonce: &str, g: &GuestKernel, modules: &[String]) -> String {
 B=/bin/busybox
 $B mount -t proc proc /proc
 $B mount -t sysfs sysfs /sys
+# cgroup v2, as on any current node: box jails each VMM in a cgroup with limits.
+$B mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 $B mount -t devtmpfs devtmpfs /dev
 $B mkdir -p /dev/pts /dev/shm
 $B mount -t devpts devpts /dev/pts

@@ -1,7 +1,7 @@
 //! The events stream: each frame is a big-endian `u32` length followed by a containerd event
 //! `Envelope` (topic + `Any`-packed event), in the order guest-init published them.
 
-use containerd_shim_protos::events::task::{TaskExecStarted, TaskExit, TaskStart};
+use containerd_shim_protos::events::task::{TaskExecStarted, TaskExit, TaskOOM, TaskStart};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::protobuf::{Message, MessageFull};
@@ -12,7 +12,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 pub const MAX_FRAME: usize = 1 << 20;
 
 pub use containerd_shim_protos::topics::{
-    TASK_EXEC_STARTED_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
+    TASK_EXEC_STARTED_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_OOM_EVENT_TOPIC,
+    TASK_START_EVENT_TOPIC,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,7 @@ pub enum Event {
     Start(TaskStart),
     ExecStarted(TaskExecStarted),
     Exit(TaskExit),
+    Oom(TaskOOM),
     Other { topic: String },
 }
 
@@ -78,6 +80,7 @@ impl Event {
         };
         Ok(match env.topic.as_str() {
             TASK_EXIT_EVENT_TOPIC => Event::Exit(TaskExit::parse_from_bytes(&any.value)?),
+            TASK_OOM_EVENT_TOPIC => Event::Oom(TaskOOM::parse_from_bytes(&any.value)?),
             TASK_START_EVENT_TOPIC => Event::Start(TaskStart::parse_from_bytes(&any.value)?),
             TASK_EXEC_STARTED_EVENT_TOPIC => {
                 Event::ExecStarted(TaskExecStarted::parse_from_bytes(&any.value)?)

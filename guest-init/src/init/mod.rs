@@ -6,6 +6,7 @@
 //! Then, on SIGTERM or the Shutdown call, terminate everything and power off (or exit).
 
 pub mod agent;
+pub mod cgroup;
 pub mod config;
 pub mod events;
 pub mod modules;
@@ -88,6 +89,9 @@ pub fn run(config: Config) -> Result<(), InitError> {
     let loaded = modules::load_listed(&config.modules_file)?;
     let listeners = transport::bind_all(&config.mode)?;
     tracing::info!(modules = loaded, "listeners bound");
+    if config.mode == Mode::Vm {
+        cgroup::setup();
+    }
     if let Some(fd) = config.notify_fd {
         notify_and_hold(fd, config.hold)?;
     }

@@ -141,6 +141,12 @@ pub struct RunArgs {
     /// KEY=VALUE, or KEY to take this shell's value; repeatable.
     #[arg(short, long = "env")]
     pub env: Vec<String>,
+    /// Processes the container may have at once (its cgroup's pids.max; microVMs).
+    #[arg(long)]
+    pub pids_limit: Option<i64>,
+    /// Run box-vmm without its jail (namespaces, unprivileged user, cgroup): debugging only.
+    #[arg(long)]
+    pub no_jail: bool,
     /// USER[:GROUP] (names or ids, from the container's /etc/passwd), over the image's User.
     #[arg(short, long)]
     pub user: Option<String>,
@@ -252,6 +258,8 @@ async fn run(root: &StateRoot, a: RunArgs) -> Result<i32, CliError> {
         auto_remove: a.rm,
         log_max_bytes: a.log_max_size.unwrap_or(0),
         user: a.user,
+        no_jail: a.no_jail,
+        pids_limit: a.pids_limit,
         boot_backstop: std::env::var("BOX_BOOT_TIMEOUT")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -283,10 +291,11 @@ async fn run(root: &StateRoot, a: RunArgs) -> Result<i32, CliError> {
     };
     let status = attach::run_attached(&client, &id, "", mode, streams, start).await;
     let code = status.as_ref().ok().map(|s| *s as i32);
+    let oom = code == Some(137) && sandbox::oom_killed(&client, &id).await;
     let _ = client.delete(&id, "").await;
     match &status {
         Ok(_) => {
-            sandbox::record_exit(root, &name, code)?;
+            sandbox::record_exit(root, &name, code, oom)?;
         }
         // Recorded as Exited with 126/127 by the sandbox itself.
         Err(CliError::Sandbox(SandboxError::CannotRun { .. })) => {}
@@ -433,6 +442,7 @@ fn ps(root: &StateRoot, all: bool) -> Result<i32, CliError> {
         let status = match (st, r.exit_code, &r.error) {
             (SandboxState::Failed, _, Some(e)) => format!("error: {e}"),
             (SandboxState::Unknown, _, Some(e)) => e.clone(),
+            (_, Some(c), _) if r.oom_killed => format!("exit {c} (OOM killed)"),
             (_, Some(c), _) => format!("exit {c}"),
             (SandboxState::Exited, None, _) => "exit ?".into(),
             _ => String::new(),

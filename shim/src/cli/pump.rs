@@ -66,7 +66,8 @@ pub async fn run(root: &StateRoot, name: &str) -> Result<i32, CliError> {
     })
     .await;
     let _ = client.delete(&id, "").await;
-    sandbox::record_exit(root, name, code)?;
+    let oom = code == Some(137) && sandbox::oom_killed(&client, &id).await;
+    sandbox::record_exit(root, name, code, oom)?;
     sandbox::stop(root, name, Duration::from_secs(2)).await?;
     if root.load(name)?.config.auto_remove {
         match sandbox::remove(root, name, true) {

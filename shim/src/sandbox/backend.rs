@@ -27,6 +27,8 @@ pub struct LaunchSpec<'a> {
     pub paths: &'a Paths,
     pub cpus: u32,
     pub memory_mib: u32,
+    /// Jail the VMM (microVM backend; `--no-jail` turns it off).
+    pub jail: bool,
 }
 
 pub trait Backend: Send + Sync {
@@ -46,6 +48,11 @@ pub trait Backend: Send + Sync {
 
     /// The endpoint file (vsock socket or socket directory) inside `dir`.
     fn endpoint_path(&self, dir: &Path) -> PathBuf;
+
+    /// Where the guest's console is written.
+    fn console_path(&self, dir: &Path) -> PathBuf {
+        dir.join("console.log")
+    }
 
     /// Spawns the sandbox's process (detached, in its own session).
     fn launch(&self, spec: &LaunchSpec<'_>) -> Result<Spawned, SandboxError>;
@@ -254,7 +261,11 @@ impl Backend for MicroVm {
     }
 
     fn endpoint_path(&self, dir: &Path) -> PathBuf {
-        dir.join("vsock.sock")
+        dir.join(JAIL_DIR).join("vsock.sock")
+    }
+
+    fn console_path(&self, dir: &Path) -> PathBuf {
+        dir.join(JAIL_DIR).join("console.log")
     }
 
     fn launch(&self, spec: &LaunchSpec<'_>) -> Result<Spawned, SandboxError> {
@@ -264,7 +275,22 @@ impl Backend for MicroVm {
             .as_ref()
             .ok_or_else(|| SandboxError::Io("a microVM needs a container disk".into()))?;
         let log = open_log(&p.vmm_log)?;
+        let jail_dir = p.dir.join(JAIL_DIR);
+        std::fs::create_dir_all(&jail_dir)
+            .map_err(|e| SandboxError::Io(format!("{}: {e}", jail_dir.display())))?;
         let mut cmd = Command::new(&self.vmm);
+        if spec.jail {
+            let ids = super::jail::prepare(&jail_dir, spec.cpus, spec.memory_mib)?;
+            cmd.arg("--jail")
+                .arg(&jail_dir)
+                .arg("--jail-uid")
+                .arg(ids.uid.to_string())
+                .arg("--jail-gid")
+                .arg(ids.gid.to_string());
+            if let Some(cg) = &ids.cgroup {
+                cmd.arg("--jail-cgroup").arg(cg);
+            }
+        }
         cmd.arg("--kernel")
             .arg(&self.kernel)
             .arg("--initrd")
@@ -305,6 +331,10 @@ impl Backend for MicroVm {
         format!("box-vmm exited with code {code} before the guest answered: {why}")
     }
 }
+
+/// The microVM's own directory inside the sandbox's: the VMM's jail root (its sockets and
+/// console; kernel, initramfs and disks are bound in by box-vmm itself).
+pub const JAIL_DIR: &str = "vmm";
 
 /// The host-process test backend: guest-init as PID 1 of a PID + mount namespace.
 pub struct HostProcess {

@@ -9,6 +9,7 @@
 
 pub mod backend;
 use box_images as image;
+pub mod jail;
 pub mod leftovers;
 pub mod log;
 pub mod readiness;
@@ -97,6 +98,10 @@ pub struct CreateOptions {
     pub log_max_bytes: u64,
     /// `-u`: overrides the image's `User`.
     pub user: Option<String>,
+    /// `--no-jail`: run box-vmm unjailed (debugging).
+    pub no_jail: bool,
+    /// `--pids-limit`: processes the container may have at once.
+    pub pids_limit: Option<i64>,
     /// How long a guest that runs but never answers is waited for.
     pub boot_backstop: Option<Duration>,
 }
@@ -124,6 +129,9 @@ impl CreateOptions {
             ));
         }
         validate_env(&self.env)?;
+        if let Some(p) = self.pids_limit.filter(|p| *p < 1) {
+            return bad(format!("--pids-limit {p}: must be at least 1"));
+        }
         if let Some(n) = &self.name {
             state::validate_name(n)?;
         }
@@ -186,8 +194,23 @@ pub fn process_spec(
     })
 }
 
+/// Guest memory kept out of the container's cgroup, for the kernel and guest-init: an OOM
+/// inside the container kills the container's processes, never PID 1.
+pub const GUEST_RESERVE_MIB: u32 = 64;
+
+/// The container's cgroup limits (`linux.resources`): memory is the VM's less the guest's
+/// reserve; pids only when asked for.
+pub fn resources(memory_mib: u32, pids_limit: Option<i64>) -> Value {
+    let memory = u64::from(memory_mib.saturating_sub(GUEST_RESERVE_MIB).max(16)) << 20;
+    let mut r = json!({ "memory": { "limit": memory } });
+    if let Some(p) = pids_limit {
+        r["pids"] = json!({ "limit": p });
+    }
+    r
+}
+
 /// The container's OCI runtime spec; its root is the overlay guest-init mounts at `rootfs`.
-pub fn container_spec(hostname: &str, process: Value) -> Value {
+pub fn container_spec(hostname: &str, process: Value, resources: Value) -> Value {
     json!({
         "ociVersion": "1.0.2",
         "process": process,
@@ -198,6 +221,7 @@ pub fn container_spec(hostname: &str, process: Value) -> Value {
             {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev"]}
         ],
         "linux": {
+            "resources": resources,
             "maskedPaths": security::MASKED_PATHS,
             "readonlyPaths": security::READONLY_PATHS,
         },
@@ -296,7 +320,7 @@ impl Sandbox {
         let dir = root.reserve(&name)?;
         let paths = Paths {
             dir: dir.clone(),
-            console: dir.join("console.log"),
+            console: backend.console_path(&dir),
             vmm_log: dir.join("vmm.log"),
             container_log: dir.join("container.log"),
             endpoint: backend.endpoint_path(&dir),
@@ -314,6 +338,7 @@ impl Sandbox {
             started_at: None,
             finished_at: None,
             exit_code: None,
+            oom_killed: false,
             error: None,
             console_tail: Vec::new(),
             paths,
@@ -326,6 +351,7 @@ impl Sandbox {
                 auto_remove: opts.auto_remove,
                 log_max_bytes: opts.log_max_bytes,
                 user: ids,
+                pids_limit: opts.pids_limit,
             },
         };
         root.write(&record)?;
@@ -364,6 +390,7 @@ impl Sandbox {
                 paths: &record.paths,
                 cpus: record.config.cpus,
                 memory_mib: record.config.memory_mib,
+                jail: !opts.no_jail,
             })
             .map_err(|e| e.to_string())?;
         *process = Some(spawned.clone());
@@ -392,6 +419,7 @@ impl Sandbox {
                 opts.io.terminal,
                 &record.config.user,
             ),
+            resources(record.config.memory_mib, record.config.pids_limit),
         );
         let bundle = backend.bundle_dir(&record.paths, &record.id);
         client
@@ -555,11 +583,37 @@ fn kill_and_wait(p: &ProcRef, sig: i32, limit: Duration) -> bool {
     p.wait_gone(limit)
 }
 
+/// Whether the container's main process was taken by the OOM killer: guest-init publishes
+/// TaskOOM before the main process's TaskExit, so the events up to that TaskExit tell. Only
+/// asked after a SIGKILL (137), the only way an OOM kill ends a process.
+pub async fn oom_killed(client: &GuestClient, id: &str) -> bool {
+    use box_guest_init::api::events::Event;
+    let scan = async {
+        let mut events = client.events().await.ok()?;
+        let mut oom = false;
+        while let Ok(Some(ev)) = events.next().await {
+            match ev {
+                Event::Oom(o) if o.container_id == id => oom = true,
+                Event::Exit(e) if e.container_id == id && e.id == id => return Some(oom),
+                _ => {}
+            }
+        }
+        Some(oom)
+    };
+    // TaskExit follows the exit within the guest's drain grace; this only bounds a lost one.
+    tokio::time::timeout(Duration::from_secs(5), scan)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
 /// Records the main process's exit.
 pub fn record_exit(
     root: &StateRoot,
     name: &str,
     code: Option<i32>,
+    oom_killed: bool,
 ) -> Result<Record, SandboxError> {
     let (r, ()) = root.update(name, |r| {
         if r.state != SandboxState::Failed {
@@ -568,6 +622,7 @@ pub fn record_exit(
         if code.is_some() {
             r.exit_code = code;
         }
+        r.oom_killed |= oom_killed;
         r.finished_at.get_or_insert_with(state::now);
     })?;
     Ok(r)
@@ -621,7 +676,7 @@ pub async fn stop(root: &StateRoot, name: &str, grace: Duration) -> Result<Recor
     })
     .await
     .ok();
-    match record_exit(root, name, None) {
+    match record_exit(root, name, None, false) {
         // `run -d --rm`: the log pump removed the sandbox as it ended.
         Err(SandboxError::State(StateError::Unknown(_))) => Ok(Record {
             state: SandboxState::Exited,
@@ -659,6 +714,7 @@ pub fn remove(root: &StateRoot, name: &str, force: bool) -> Result<(), SandboxEr
         }
     }
     root.remove(name)?;
+    jail::remove_cgroup(name);
     Ok(())
 }
 
@@ -678,6 +734,7 @@ fn remove_without_record(root: &StateRoot, name: &str, force: bool) -> Result<()
         }
     }
     root.remove(name)?;
+    jail::remove_cgroup(name);
     Ok(())
 }
 

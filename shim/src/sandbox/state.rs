@@ -109,6 +109,9 @@ pub struct RunConfig {
     /// Who the container's processes run as (execs too, unless `-u`).
     #[serde(default)]
     pub user: super::user::UserIds,
+    /// `--pids-limit`.
+    #[serde(default)]
+    pub pids_limit: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -125,6 +128,9 @@ pub struct Record {
     pub finished_at: Option<u64>,
     /// The main process's exit code (128+n for signal n).
     pub exit_code: Option<i32>,
+    /// The main process was killed by the OOM killer (docker's `OOMKilled`).
+    #[serde(default)]
+    pub oom_killed: bool,
     /// Why creation failed, or why the sandbox ended abnormally.
     pub error: Option<String>,
     /// The last console lines, captured when the sandbox failed.
@@ -147,6 +153,7 @@ impl Record {
             started_at: None,
             finished_at: None,
             exit_code: None,
+            oom_killed: false,
             error: Some(reason.into()),
             console_tail: Vec::new(),
             paths: Paths {
@@ -438,6 +445,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             exit_code: None,
+            oom_killed: false,
             error: None,
             console_tail: Vec::new(),
             paths: Paths::default(),

@@ -108,6 +108,7 @@ pub fn build(process: &Process, root: RootSetup, stdio: ChildStdio) -> Result<La
         gid: user.gid(),
         additional_gids: user.additional_gids().clone().unwrap_or_default(),
         privileges: privileges(process)?,
+        cgroup_procs: None,
         root,
         stdio,
     })

@@ -85,6 +85,8 @@ pub struct Launch {
     pub additional_gids: Vec<libc::gid_t>,
     /// Capability sets and no_new_privs; `None` keeps init's (all capabilities).
     pub privileges: Option<Privileges>,
+    /// The container cgroup's `cgroup.procs`: the child writes "0" there to join it.
+    pub cgroup_procs: Option<OwnedFd>,
     pub root: RootSetup,
     pub stdio: ChildStdio,
 }
@@ -110,6 +112,7 @@ pub enum Stage {
     Exec,
     Mask,
     Capabilities,
+    Cgroup,
 }
 
 impl Stage {
@@ -133,6 +136,7 @@ impl Stage {
             Exec,
             Mask,
             Capabilities,
+            Cgroup,
         ]
         .into_iter()
         .find(|s| *s as u8 == v)
@@ -277,6 +281,12 @@ fn child_main(l: &Launch, status_w: RawFd, go_r: RawFd) -> ! {
 
         if libc::setsid() < 0 {
             fail(status_w, Stage::Setsid);
+        }
+        if let Some(fd) = &l.cgroup_procs {
+            let me = b"0";
+            if libc::write(fd.as_raw_fd(), me.as_ptr().cast(), me.len()) < 0 {
+                fail(status_w, Stage::Cgroup);
+            }
         }
         match &l.root {
             RootSetup::Inherit => {}

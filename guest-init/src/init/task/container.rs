@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use containerd_shim_protos::events::task::{TaskExecStarted, TaskExit, TaskStart};
+use containerd_shim_protos::events::task::{TaskExecStarted, TaskExit, TaskOOM, TaskStart};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use oci_spec::runtime::{Process as OciProcess, Spec};
@@ -15,9 +15,11 @@ use tokio::sync::oneshot;
 use super::process::{Phase, Process};
 use super::TaskError;
 use crate::api::events::{
-    TASK_EXEC_STARTED_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
+    TASK_EXEC_STARTED_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_OOM_EVENT_TOPIC,
+    TASK_START_EVENT_TOPIC,
 };
 use crate::api::stream::StreamKind;
+use crate::init::cgroup::Cgroup;
 use crate::init::events::{timestamp, Events};
 use crate::init::process::launch;
 use crate::init::process::spawn::{spawn_held, Held, Launch, RootSetup};
@@ -36,6 +38,8 @@ pub struct Container {
     mnt_ns_id: String,
     /// Root filesystem mounts guest-init made for this container, undone at Delete.
     rootfs_mounts: Vec<PathBuf>,
+    /// Its cgroup (VM mode), removed with the container.
+    cgroup: Option<Arc<Cgroup>>,
 }
 
 /// What Create carries besides the process: the spec and rootfs when the host cannot write
@@ -121,14 +125,26 @@ impl Tasks {
             .map_err(|e| TaskError::FailedPrecondition(e.to_string()))
     }
 
-    /// Forks `proc` held; a finisher task publishes its exit once its output has drained.
-    async fn spawn(&self, proc: &Arc<Process>, launch: Launch) -> Result<Held, TaskError> {
+    /// Forks `proc` held; a finisher task publishes its exit once its output has drained,
+    /// after a TaskOOM when `oom` (the container's cgroup, for its main process) saw the OOM
+    /// killer at work.
+    async fn spawn(
+        &self,
+        proc: &Arc<Process>,
+        launch: Launch,
+        oom: Option<Arc<Cgroup>>,
+    ) -> Result<Held, TaskError> {
         let (route, exited) = proc.route();
         let finisher = proc.clone();
         let events = self.events.clone();
         tokio::spawn(async move {
             let Ok(exit) = exited.await else { return };
             if finisher.finish(exit).await {
+                if oom.is_some_and(|cg| cg.oom_kills() > 0) {
+                    let mut ev = TaskOOM::new();
+                    ev.container_id = finisher.container_id.clone();
+                    events.publish(TASK_OOM_EVENT_TOPIC, &ev);
+                }
                 events.publish(TASK_EXIT_EVENT_TOPIC, &task_exit(&finisher, exit));
             }
         });
@@ -208,8 +224,14 @@ impl Tasks {
         let req = ProcessRequest { terminal, ..req };
         let (io, stdio) = Io::new(req.wanted(), self.drain_grace)
             .map_err(|e| internal("stdio")(e.to_string()))?;
-        let launch = launch::build(&oci_process, root, stdio)
+        let mut launch = launch::build(&oci_process, root, stdio)
             .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+        let cgroup = Cgroup::create(&id, linux.and_then(|l| l.resources().as_ref()))
+            .map_err(TaskError::Internal)?
+            .map(Arc::new);
+        if let Some(cg) = &cgroup {
+            launch.cgroup_procs = Some(cg.procs().map_err(|e| internal("cgroup")(e.to_string()))?);
+        }
         let main = Process::new(
             &id,
             "",
@@ -218,7 +240,7 @@ impl Tasks {
             io,
             Phase::Created(None),
         );
-        let held = match self.spawn(&main, launch).await {
+        let held = match self.spawn(&main, launch, cgroup.clone()).await {
             Ok(h) => h,
             Err(e) => {
                 main.set_started(false);
@@ -247,6 +269,7 @@ impl Tasks {
             mnt_ns,
             mnt_ns_id: link.to_string_lossy().into_owned(),
             rootfs_mounts,
+            cgroup,
         });
         self.map().insert(id, container);
         Ok(pid.as_raw() as u32)
@@ -269,8 +292,11 @@ impl Tasks {
             .mnt_ns
             .try_clone()
             .map_err(|e| internal("mount namespace")(e.to_string()))?;
-        let launch = launch::build(&spec, RootSetup::JoinMountNs { ns }, stdio)
+        let mut launch = launch::build(&spec, RootSetup::JoinMountNs { ns }, stdio)
             .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+        if let Some(cg) = &c.cgroup {
+            launch.cgroup_procs = Some(cg.procs().map_err(|e| internal("cgroup")(e.to_string()))?);
+        }
         let p = Process::new(
             &c.id,
             &req.exec_id,
@@ -301,7 +327,7 @@ impl Tasks {
             let launch = launch.ok_or_else(|| {
                 TaskError::FailedPrecondition(format!("exec {exec_id:?} was already started"))
             })?;
-            match self.spawn(&p, *launch).await {
+            match self.spawn(&p, *launch, None).await {
                 Ok(h) => h,
                 Err(e) => {
                     p.set_started(false);
