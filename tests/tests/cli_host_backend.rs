@@ -1073,3 +1073,113 @@ fn c19_users_come_from_the_image() {
     let o = env.run(&["run", "--rm", "-u", "daemon", env.image(), "--", "true"]);
     assert_eq!(o.code, 125, "the host's /etc/passwd was read: {}", o.stdout);
 }
+
+/// `box` itself, not under `timeout`: these tests SIGKILL it.
+fn bare(env: &BoxEnv, args: &[&str]) -> Command {
+    let mut c = Command::new(box_tests::cli::box_binary());
+    c.args(args)
+        .env("BOX_BACKEND", "host-process")
+        .env("BOX_STATE_DIR", &env.state)
+        .env("BOX_INIT_BIN", box_tests::host_init::init_binary())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// Waits for the first line of `child`'s stdout.
+fn first_line(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line
+}
+
+/// A `box exec` client killed with SIGKILL takes its process with it (the guest sees its
+/// output connections close); `exec -d` keeps its process running with no client at all.
+#[test]
+fn c20_a_dead_exec_client_takes_its_process_along() {
+    require_host_tier!();
+    let env = BoxEnv::new();
+    let o = env.run(&[
+        "run",
+        "-d",
+        "--name",
+        "ex",
+        env.image(),
+        "--",
+        "sleep",
+        "300",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let script = "echo $$ > /tmp/victim; echo ready; exec sleep 300";
+    let mut client = bare(&env, &["exec", "ex", "--", "sh", "-c", script])
+        .spawn()
+        .unwrap();
+    assert_eq!(first_line(&mut client), "ready\n");
+    client.kill().unwrap();
+    client.wait().unwrap();
+    eventually("the dead client's process is killed", || {
+        env.run(&["exec", "ex", "--", "sh", "-c", "kill -0 $(cat /tmp/victim)"])
+            .code
+            != 0
+    });
+    let o = env.run(&[
+        "exec",
+        "-d",
+        "ex",
+        "--",
+        "sh",
+        "-c",
+        "echo $$ > /tmp/kept; exec sleep 300",
+    ]);
+    assert_eq!((o.code, o.stdout.as_str()), (0, ""), "{}", o.stderr);
+    eventually("the detached exec wrote its pid", || {
+        env.run(&["exec", "ex", "--", "test", "-s", "/tmp/kept"])
+            .code
+            == 0
+    });
+    let o = env.run(&["exec", "ex", "--", "sh", "-c", "kill -0 $(cat /tmp/kept)"]);
+    assert_eq!(o.code, 0, "exec -d's process did not survive its client");
+    assert_eq!(env.run(&["rm", "-f", "ex"]).code, 0);
+}
+
+/// An attached `box run --rm` killed with SIGKILL: its container's process is killed, the
+/// exit is recorded by the supervisor and the sandbox removed; without --rm it stays,
+/// `Exited` with the code.
+#[test]
+fn c21_a_killed_attached_client_leaves_nothing_running() {
+    require_host_tier!();
+    let env = BoxEnv::new();
+    for (name, rm) in [("gone", true), ("kept", false)] {
+        let mut args = vec!["run", "--name", name];
+        if rm {
+            args.push("--rm");
+        }
+        args.extend([env.image(), "--", "sh", "-c", "echo ready; exec sleep 300"]);
+        let mut client = bare(&env, &args).spawn().unwrap();
+        assert_eq!(first_line(&mut client), "ready\n", "{name}");
+        client.kill().unwrap();
+        client.wait().unwrap();
+        if rm {
+            eventually("the --rm sandbox is removed", || {
+                !env.sandbox_dir(name).exists()
+            });
+        } else {
+            eventually("the exit is recorded", || {
+                env.record(name)["state"] == "Exited"
+            });
+            assert_eq!(env.record(name)["exit_code"], 137);
+            let pids = ["vmm", "init"]
+                .iter()
+                .filter_map(|k| env.record(name)["pids"][k]["pid"].as_i64())
+                .collect::<Vec<_>>();
+            eventually("the sandbox is down", || {
+                pids.iter().all(|&p| !pid_alive(p))
+            });
+            assert_eq!(env.run(&["rm", name]).code, 0);
+        }
+    }
+}

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::agent_client::ClientError;
+use crate::agent_client::{ClientError, StdioRequest};
 use crate::sandbox::state::{self, SandboxState, StateError, StateRoot};
 use crate::sandbox::vmm_process::ChildRegistry;
 use crate::sandbox::{self, backend, CreateOptions, Sandbox, SandboxError};
@@ -114,7 +114,12 @@ pub enum Cmd {
     /// Print a sandbox's record as JSON.
     Inspect { name: String },
     #[command(name = "__log-pump", hide = true)]
-    LogPump { name: String },
+    LogPump {
+        name: String,
+        /// Supervise only (no logs): the attached client's pid and start time.
+        #[arg(long, num_args = 2, value_names = ["PID", "START"])]
+        client: Option<Vec<u64>>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -166,6 +171,10 @@ pub struct RunArgs {
 
 #[derive(Args, Debug)]
 pub struct ExecArgs {
+    /// Start the command and return: no stdio, it keeps running after this client exits.
+    /// (Without -d, the command is killed if this client dies.)
+    #[arg(short, long)]
+    pub detach: bool,
     /// USER[:GROUP], over the container's user.
     #[arg(short, long)]
     pub user: Option<String>,
@@ -231,7 +240,16 @@ async fn dispatch(root: &StateRoot, cmd: Cmd) -> Result<i32, CliError> {
             );
             Ok(0)
         }
-        Cmd::LogPump { name } => pump::run(root, &name).await,
+        Cmd::LogPump { name, client } => {
+            let client = client.and_then(|c| match c[..] {
+                [pid, start] => Some(crate::sandbox::vmm_process::ProcRef {
+                    pid: pid as i32,
+                    start_time: start,
+                }),
+                _ => None,
+            });
+            pump::run(root, &name, client).await
+        }
     }
 }
 
@@ -269,6 +287,10 @@ async fn run(root: &StateRoot, a: RunArgs) -> Result<i32, CliError> {
     if a.detach {
         return run_detached(root, sb).await;
     }
+    // Should this client die (SIGKILL), the guest kills the container's process when its
+    // output connections close, and this supervisor records the exit and honours --rm.
+    let me = crate::sandbox::vmm_process::ProcRef::of(std::process::id() as i32);
+    start_pump(root, &mut sb, me).await?;
     let name = sb.name().to_string();
     let id = sb.container_id().to_string();
     let client = sb.client.clone();
@@ -314,6 +336,19 @@ async fn run(root: &StateRoot, a: RunArgs) -> Result<i32, CliError> {
 
 /// Leaves the sandbox running with a detached log pump, and prints its name.
 async fn run_detached(root: &StateRoot, mut sb: Sandbox) -> Result<i32, CliError> {
+    start_pump(root, &mut sb, None).await?;
+    sb.start().await?;
+    println!("{}", sb.name());
+    Ok(0)
+}
+
+/// Starts `box __log-pump NAME` detached and waits for its "ready": with `client`, only as
+/// the supervisor of an attached run (no logs), else as the log pump of `run -d`.
+async fn start_pump(
+    root: &StateRoot,
+    sb: &mut Sandbox,
+    client: Option<crate::sandbox::vmm_process::ProcRef>,
+) -> Result<(), CliError> {
     let name = sb.name().to_string();
     let fail = |reason: String| {
         let console_tail = sandbox::mark_failed(root, &name, &reason);
@@ -327,17 +362,21 @@ async fn run_detached(root: &StateRoot, mut sb: Sandbox) -> Result<i32, CliError
     let pump_log = std::fs::File::create(sb.record.paths.dir.join("log-pump.log"))
         .map_err(|e| fail(format!("log pump log: {e}")))?;
     let mut cmd = Command::new(exe);
-    cmd.arg("__log-pump")
-        .arg(&name)
-        .env("BOX_STATE_DIR", root.root())
+    cmd.arg("__log-pump").arg(&name);
+    if let Some(c) = client {
+        cmd.arg("--client")
+            .arg(c.pid.to_string())
+            .arg(c.start_time.to_string());
+    }
+    cmd.env("BOX_STATE_DIR", root.root())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(pump_log);
     let (pump, stdout) = ChildRegistry::global()
         .spawn_detached(&mut cmd)
         .map_err(|e| fail(format!("starting the log pump: {e}")))?;
-    // The pump says "ready" once it holds the container's output streams; its exit (EOF)
-    // bounds the wait.
+    // The pump says "ready" once it holds the container's output streams (or, supervising,
+    // its connection); its exit (EOF) bounds the wait.
     let line = tokio::task::spawn_blocking(move || {
         let mut line = String::new();
         if let Some(out) = stdout {
@@ -356,9 +395,7 @@ async fn run_detached(root: &StateRoot, mut sb: Sandbox) -> Result<i32, CliError
         )));
     }
     sb.set_log_pump(pump.proc_ref)?;
-    sb.start().await?;
-    println!("{name}");
-    Ok(0)
+    Ok(())
 }
 
 async fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32, CliError> {
@@ -389,6 +426,17 @@ async fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32, CliError> {
     };
     let spec = sandbox::process_spec(&a.command, &env, &sb.record.config.cwd, a.tty, &user);
     let c = sb.client.clone();
+    if a.detach {
+        if a.interactive || a.tty {
+            return Err(CliError::Usage(
+                "exec -d cannot be combined with -i or -t".into(),
+            ));
+        }
+        c.exec(&id, &exec_id, &spec, &StdioRequest::default())
+            .await?;
+        c.start(&id, &exec_id).await?;
+        return Ok(0);
+    }
     c.exec(&id, &exec_id, &spec, &mode.request()).await?;
     let streams = attach::open_streams(&c, &id, &exec_id, mode).await?;
     let start = async {

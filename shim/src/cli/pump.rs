@@ -1,6 +1,11 @@
 //! The log pump of `box run -d` (`box __log-pump NAME`, detached in its own session): holds
 //! the container's stdout and stderr streams, appends them to `container.log`, and when the
 //! main process exits records its exit code, stops the sandbox and, for `--rm`, removes it.
+//!
+//! With `--client PID START` it is the supervisor of an attached `box run` instead: no logs
+//! (the client holds the streams); once the main process exited and the client is gone, it
+//! finishes whatever the client did not (a client killed with SIGKILL: the guest killed the
+//! container's process when its output connections closed).
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -10,10 +15,14 @@ use box_guest_init::api::stream::StreamKind;
 use tokio::io::AsyncReadExt;
 
 use super::CliError;
-use crate::sandbox::state::StateRoot;
+use crate::sandbox::state::{SandboxState, StateError, StateRoot};
+use crate::sandbox::vmm_process::ProcRef;
 use crate::sandbox::{self, SandboxError};
 
-pub async fn run(root: &StateRoot, name: &str) -> Result<i32, CliError> {
+pub async fn run(root: &StateRoot, name: &str, client: Option<ProcRef>) -> Result<i32, CliError> {
+    if let Some(client) = client {
+        return supervise(root, name, client).await;
+    }
     let record = root.load(name)?;
     // The sandbox is still Creating: connect like attach does, without its state check.
     let endpoint = sandbox::backend::endpoint(record.backend, &record.paths);
@@ -72,6 +81,39 @@ pub async fn run(root: &StateRoot, name: &str) -> Result<i32, CliError> {
     if root.load(name)?.config.auto_remove {
         match sandbox::remove(root, name, true) {
             Ok(()) | Err(SandboxError::State(crate::sandbox::state::StateError::Unknown(_))) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(0)
+}
+
+async fn supervise(root: &StateRoot, name: &str, client: ProcRef) -> Result<i32, CliError> {
+    let record = root.load(name)?;
+    let endpoint = sandbox::backend::endpoint(record.backend, &record.paths);
+    let guest = crate::agent_client::GuestClient::connect(endpoint).await?;
+    guest.health(sandbox::readiness::ATTEMPT).await?;
+    let id = record.id.clone();
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    let code = guest.wait(&id, "").await.ok().map(|w| w.exit_status as i32);
+    // The client records and cleans up itself when it lives: let it finish first.
+    let _ = tokio::task::spawn_blocking(move || client.wait_gone(Duration::from_secs(60))).await;
+    let r = match root.load(name) {
+        Ok(r) => r,
+        Err(StateError::Unknown(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    if matches!(r.state, SandboxState::Creating | SandboxState::Running) {
+        tracing::warn!("{name}: its client died: recording the exit");
+        let oom = code == Some(137) && sandbox::oom_killed(&guest, &id).await;
+        sandbox::record_exit(root, name, code, oom)?;
+    }
+    if r.pids.vmm.is_some_and(|p| p.is_alive()) {
+        sandbox::stop(root, name, Duration::from_secs(2)).await?;
+    }
+    if r.config.auto_remove {
+        match sandbox::remove(root, name, true) {
+            Ok(()) | Err(SandboxError::State(StateError::Unknown(_))) => {}
             Err(e) => return Err(e.into()),
         }
     }

@@ -51,6 +51,9 @@ pub struct Io {
     pub pty: Option<Master>,
     outputs: Mutex<Vec<JoinHandle<()>>>,
     exited: watch::Sender<bool>,
+    /// Set when the host closed an output connection while the process ran: its client is
+    /// gone (killed, hung up), and nobody will ever read the process's output.
+    hangup: watch::Sender<bool>,
 }
 
 fn dev_null(write: bool) -> nix::Result<OwnedFd> {
@@ -70,6 +73,7 @@ impl Io {
     /// Creates the pipes or pty and starts the pumps; returns the child's ends.
     pub fn new(wanted: Wanted, grace: Duration) -> std::io::Result<(Arc<Io>, ChildStdio)> {
         let (exited, exited_rx) = watch::channel(false);
+        let hangup = watch::channel(false).0;
         let close_stdin = Arc::new(Notify::new());
         let mut slots = HashMap::new();
         let mut outputs = Vec::new();
@@ -98,6 +102,7 @@ impl Io {
                 pty: Some(master),
                 outputs: Mutex::new(outputs),
                 exited,
+                hangup,
             };
             return Ok((Arc::new(io), child));
         }
@@ -118,7 +123,13 @@ impl Io {
             let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
             let rx = slot(kind, slots);
             let r = tokio::net::unix::pipe::Receiver::from_owned_fd(r)?;
-            outputs.push(tokio::spawn(pump_output(r, rx, exited_rx.clone(), grace)));
+            outputs.push(tokio::spawn(pump_output(
+                r,
+                rx,
+                exited_rx.clone(),
+                grace,
+                hangup.clone(),
+            )));
             Ok(w)
         };
         let stdout = output(wanted.stdout, StreamKind::Stdout, &mut slots)?;
@@ -130,6 +141,7 @@ impl Io {
             pty: None,
             outputs: Mutex::new(outputs),
             exited,
+            hangup,
         };
         Ok((
             Arc::new(io),
@@ -156,6 +168,12 @@ impl Io {
             None if self.wanted_kinds.contains(&kind) => Err(AttachError::AlreadyAttached(kind)),
             None => Err(AttachError::NotWanted(kind)),
         }
+    }
+
+    /// Resolves when the host hung up on an output stream while the process ran.
+    pub async fn hung_up(&self) {
+        let mut rx = self.hangup.subscribe();
+        let _ = rx.wait_for(|h| *h).await;
     }
 
     /// containerd's CloseIO: the process reads EOF on stdin.
@@ -219,17 +237,32 @@ async fn pump_output<R: AsyncRead + Unpin>(
     conn: oneshot::Receiver<BoxConn>,
     mut exited: watch::Receiver<bool>,
     grace: Duration,
+    hangup: watch::Sender<bool>,
 ) {
-    let Some(mut conn) = wait_attach(conn, &mut exited, grace).await else {
+    let Some(conn) = wait_attach(conn, &mut exited, grace).await else {
         return;
+    };
+    // The host never writes on an output stream: its side reading EOF (or failing) means
+    // the host closed it, i.e. the client is gone.
+    let (mut from_host, mut conn) = tokio::io::split(conn);
+    let watch_host = {
+        let exited = exited.clone();
+        tokio::spawn(async move {
+            let mut byte = [0u8; 1];
+            let _ = from_host.read(&mut byte).await;
+            if !*exited.borrow() {
+                hangup.send_replace(true);
+            }
+        })
     };
     let mut buf = vec![0u8; 64 * 1024];
     while let Some(n) = read_some(&mut src, &mut buf, &mut exited, grace).await {
         if conn.write_all(&buf[..n]).await.is_err() {
-            return;
+            break;
         }
     }
     let _ = conn.shutdown().await;
+    watch_host.abort();
 }
 
 async fn pump_stdin<W: AsyncWrite + Unpin>(

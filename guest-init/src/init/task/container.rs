@@ -137,6 +137,23 @@ impl Tasks {
         let (route, exited) = proc.route();
         let finisher = proc.clone();
         let events = self.events.clone();
+        // A client that hung up on the process's output will never read it or wait for it:
+        // the process goes, as a terminal's processes go when it hangs up.
+        let orphaned = proc.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = orphaned.io.hung_up() => {}
+                _ = orphaned.wait() => return,
+            }
+            if orphaned.exited().is_none() {
+                tracing::info!(
+                    "{}/{}: its client hung up: killing it",
+                    orphaned.container_id,
+                    orphaned.exec_id
+                );
+                let _ = orphaned.signal(Signal::SIGKILL);
+            }
+        });
         tokio::spawn(async move {
             let Ok(exit) = exited.await else { return };
             if finisher.finish(exit).await {
