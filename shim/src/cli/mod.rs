@@ -326,6 +326,11 @@ async fn run(root: &StateRoot, a: RunArgs) -> Result<i32, CliError> {
             sandbox::mark_failed(root, &name, &format!("lost the container: {e}"));
         }
     }
+    // Alive to clean up: the supervisor is not needed any more.
+    let dismiss = sb.record.clone();
+    tokio::task::spawn_blocking(move || sandbox::dismiss_pump(&dismiss))
+        .await
+        .ok();
     tracing::info!("{name}: container exited, stopping the sandbox");
     sandbox::stop(root, &name, Duration::from_secs(2)).await?;
     if opts.auto_remove {

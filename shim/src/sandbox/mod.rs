@@ -608,6 +608,14 @@ pub async fn oom_killed(client: &GuestClient, id: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Ends a sandbox's log pump or supervisor: an attached client that lives to clean up after
+/// its container does not need its stand-in.
+pub fn dismiss_pump(r: &Record) {
+    if let Some(p) = r.pids.log_pump.filter(|p| !is_self(p)) {
+        kill_and_wait(&p, libc::SIGKILL, Duration::from_secs(10));
+    }
+}
+
 /// Records the main process's exit.
 pub fn record_exit(
     root: &StateRoot,
