@@ -1183,3 +1183,70 @@ fn c21_a_killed_attached_client_leaves_nothing_running() {
         }
     }
 }
+
+/// Fills `dir`'s filesystem to the last byte with a file named `filler`.
+fn fill(dir: &std::path::Path) {
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let block = vec![0u8; 4096];
+    while f.write_all(&block).is_ok() {}
+    let _ = f.write_all(&[0u8]);
+    while f.write_all(&[0u8]).is_ok() {}
+}
+
+/// A full state directory: a new sandbox fails at once with one line and leaves nothing; a
+/// running one can still be stopped and its record updated (the space set aside for it).
+#[test]
+fn c22_a_full_state_directory_loses_no_record() {
+    require_host_tier!();
+    let env = BoxEnv::new();
+    let small = env.dir.join("small");
+    std::fs::create_dir_all(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    struct Umount(std::path::PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _umount = Umount(small.clone());
+    let run = |args: &[&str]| env.run_cmd(env.command(args).env("BOX_STATE_DIR", &small));
+    std::fs::create_dir_all(small.join("sandboxes")).unwrap();
+    fill(&small);
+    let o = run(&["run", "--rm", env.image(), "--", "true"]);
+    assert_eq!(o.code, 125, "{}", o.stderr);
+    assert!(o.stderr.contains("No space left on device"), "{}", o.stderr);
+    assert_eq!(o.stderr.trim().lines().count(), 1, "{}", o.stderr);
+    assert_eq!(
+        std::fs::read_dir(small.join("sandboxes")).unwrap().count(),
+        0
+    );
+    std::fs::remove_file(small.join("filler")).unwrap();
+    let o = run(&[
+        "run",
+        "-d",
+        "--name",
+        "full",
+        env.image(),
+        "--",
+        "sleep",
+        "300",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    fill(&small);
+    let o = run(&["stop", "full"]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = run(&["ps", "-a"]);
+    let line = o
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("full"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(line.contains("Exited"), "{}", o.stdout);
+    assert_eq!(run(&["rm", "full"]).code, 0);
+}

@@ -172,6 +172,40 @@ where
             c.resize_pty(id, exec_id, cols, rows).await?;
         }
     }
+    // Signals to this client are the container's, as docker's sig-proxy does it: forwarded,
+    // so that the normal path below records the exit (and `--rm` removes the sandbox). ^C
+    // with a terminal arrives through the pty instead. A hangup means nobody is attached any
+    // more: the process gets SIGHUP, and SIGKILL after the grace if it ignores that. The
+    // handlers are registered before Start, so no signal finds this client undefended.
+    use tokio::signal::unix::SignalKind;
+    let mut forwarded = vec![
+        (SignalKind::terminate(), libc::SIGTERM),
+        (SignalKind::quit(), libc::SIGQUIT),
+        (SignalKind::hangup(), libc::SIGHUP),
+    ];
+    if !mode.tty {
+        forwarded.push((SignalKind::interrupt(), libc::SIGINT));
+    }
+    let mut forwarders = Vec::new();
+    for (kind, sig) in forwarded {
+        let Ok(mut s) = tokio::signal::unix::signal(kind) else {
+            continue;
+        };
+        let (c2, id2, ex2) = (c.clone(), id.to_string(), exec_id.to_string());
+        let grace = mode.hangup_grace;
+        forwarders.push(tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                let _ = c2.kill(&id2, &ex2, sig as u32, false).await;
+                if sig == libc::SIGHUP {
+                    tokio::time::sleep(grace).await;
+                    tracing::warn!(
+                        "{id2}/{ex2}: still running {grace:?} after a hangup: killing it"
+                    );
+                    let _ = c2.kill(&id2, &ex2, libc::SIGKILL as u32, false).await;
+                }
+            }
+        }));
+    }
     start.await?;
 
     let mut outputs = Vec::new();
@@ -189,7 +223,7 @@ where
     }
     let stdin_stream = streams.stdin;
 
-    let mut background = Vec::new();
+    let mut background = forwarders;
     if let (true, Some(mut sink)) = (mode.stdin, input_sink) {
         background.push(tokio::spawn(async move {
             let mut rx = stdin_reader();
@@ -219,39 +253,6 @@ where
             }
         }));
     }
-    // Signals to this client are the container's, as docker's sig-proxy does it: forwarded,
-    // so that the normal path below records the exit (and `--rm` removes the sandbox). ^C
-    // with a terminal arrives through the pty instead. A hangup means nobody is attached any
-    // more: the process gets SIGHUP, and SIGKILL after the grace if it ignores that.
-    use tokio::signal::unix::SignalKind;
-    let mut forwarded = vec![
-        (SignalKind::terminate(), libc::SIGTERM),
-        (SignalKind::quit(), libc::SIGQUIT),
-        (SignalKind::hangup(), libc::SIGHUP),
-    ];
-    if !mode.tty {
-        forwarded.push((SignalKind::interrupt(), libc::SIGINT));
-    }
-    for (kind, sig) in forwarded {
-        let (c2, id2, ex2) = (c.clone(), id.to_string(), exec_id.to_string());
-        let grace = mode.hangup_grace;
-        background.push(tokio::spawn(async move {
-            let Ok(mut s) = tokio::signal::unix::signal(kind) else {
-                return;
-            };
-            while s.recv().await.is_some() {
-                let _ = c2.kill(&id2, &ex2, sig as u32, false).await;
-                if sig == libc::SIGHUP {
-                    tokio::time::sleep(grace).await;
-                    tracing::warn!(
-                        "{id2}/{ex2}: still running {grace:?} after a hangup: killing it"
-                    );
-                    let _ = c2.kill(&id2, &ex2, libc::SIGKILL as u32, false).await;
-                }
-            }
-        }));
-    }
-
     let status = c.wait(id, exec_id).await?.exit_status;
     let drained = tokio::time::timeout(DRAIN, async {
         for o in outputs {

@@ -361,6 +361,19 @@ impl Sandbox {
             Ok(sb) => Ok(sb),
             Err(reason) => {
                 let console_tail = mark_failed(root, &name, &reason);
+                // Not even Failed could be recorded (the state directory's disk is gone):
+                // a process nothing can find through its record must not live on.
+                let recorded = root
+                    .load(&name)
+                    .is_ok_and(|r| r.state == SandboxState::Failed);
+                if let (false, Some(p)) = (recorded, &process) {
+                    let p = p.proc_ref;
+                    tokio::task::spawn_blocking(move || {
+                        kill_and_wait(&p, libc::SIGKILL, Duration::from_secs(10))
+                    })
+                    .await
+                    .ok();
+                }
                 Err(SandboxError::BootFailed {
                     name,
                     reason,

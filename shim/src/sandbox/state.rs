@@ -188,6 +188,10 @@ pub enum StateError {
     },
 }
 
+/// Space each sandbox directory sets aside for its last record writes on a full disk.
+pub const SPARE: u64 = 64 << 10;
+const SPARE_FILE: &str = "spare";
+
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StateError + 'a {
     move |source| StateError::Io {
         what,
@@ -242,31 +246,61 @@ impl StateRoot {
         self.dir(name).join("record.json")
     }
 
-    /// Reserves `name`: creates its directory, failing if it exists.
+    /// Reserves `name`: creates its directory, failing if it exists, with [`SPARE`] bytes
+    /// set aside so that its record can still be written once the disk fills (a full disk
+    /// then ends in a `Failed` record, not a `Creating` one that nothing can update). When
+    /// even that space is not there, nothing is left behind.
     pub fn reserve(&self, name: &str) -> Result<PathBuf, StateError> {
         validate_name(name)?;
         let parent = self.sandboxes();
         std::fs::create_dir_all(&parent).map_err(io("creating state dir", &parent))?;
         let dir = self.dir(name);
         match std::fs::create_dir(&dir) {
-            Ok(()) => Ok(dir),
+            Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                Err(StateError::NameInUse(name.into()))
+                return Err(StateError::NameInUse(name.into()))
             }
-            Err(e) => Err(io("creating", &dir)(e)),
+            Err(e) => return Err(io("creating", &dir)(e)),
         }
+        let spare = dir.join(SPARE_FILE);
+        let made = File::create(&spare).and_then(|f| {
+            nix::fcntl::posix_fallocate(&f, 0, SPARE as libc::off_t).map_err(std::io::Error::from)
+        });
+        if let Err(e) = made {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(io("setting space aside in", &self.root)(e));
+        }
+        Ok(dir)
     }
 
-    /// Writes the whole record atomically.
+    /// Writes the whole record atomically. On a full disk the sandbox's spare space is given
+    /// up and the write tried once more.
     pub fn write(&self, record: &Record) -> Result<(), StateError> {
         let path = self.record_path(&record.name);
         let tmp = path.with_extension("json.tmp");
         let data = serde_json::to_vec_pretty(record).expect("a record always serializes");
-        let mut f = File::create(&tmp).map_err(io("writing", &tmp))?;
-        f.write_all(&data)
-            .and_then(|_| f.sync_all())
-            .map_err(io("writing", &tmp))?;
-        drop(f);
+        let put = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&data).and_then(|_| f.sync_all())
+        };
+        let full = |e: &std::io::Error| {
+            matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        };
+        match put() {
+            Ok(()) => {}
+            Err(e) if full(&e) && self.dir(&record.name).join(SPARE_FILE).exists() => {
+                tracing::warn!(
+                    "{}: state directory full: using the spare space",
+                    record.name
+                );
+                let _ = std::fs::remove_file(self.dir(&record.name).join(SPARE_FILE));
+                put().map_err(io("writing", &tmp))?;
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io("writing", &tmp)(e));
+            }
+        }
         std::fs::rename(&tmp, &path).map_err(io("renaming", &tmp))?;
         // The rename itself is durable once the directory is synced.
         if let Ok(d) = File::open(self.dir(&record.name)) {
