@@ -975,6 +975,25 @@ fn c18_containers_run_with_docker_defaults() {
         "{}",
         o.stderr
     );
+    // Its own PID namespace: the main process is 2 (1 is the container's init), and
+    // nothing of the guest's is in sight.
+    let o = env.run(&[
+        "run",
+        "--rm",
+        env.image(),
+        "--",
+        "sh",
+        "-c",
+        "echo $$; ls -d /proc/[0-9]*",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert_eq!(lines[0], "2", "{}", o.stdout);
+    assert!(
+        lines.len() <= 5,
+        "processes of the guest in sight: {}",
+        o.stdout
+    );
     let o = env.run(&[
         "run",
         "-d",

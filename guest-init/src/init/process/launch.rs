@@ -6,7 +6,9 @@ use std::path::Path;
 
 use oci_spec::runtime::{Mount, Process};
 
-use super::spawn::{ChildMount, ChildStdio, DeviceBind, Launch, Privileges, RootSetup, MAX_ARGS};
+use super::spawn::{
+    ChildMount, ChildStdio, DeviceBind, Launch, PidNs, Privileges, RootSetup, MAX_ARGS,
+};
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -109,6 +111,7 @@ pub fn build(process: &Process, root: RootSetup, stdio: ChildStdio) -> Result<La
         additional_gids: user.additional_gids().clone().unwrap_or_default(),
         privileges: privileges(process)?,
         cgroup_procs: None,
+        pid_ns: PidNs::Inherit,
         root,
         stdio,
     })

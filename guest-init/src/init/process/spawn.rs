@@ -12,7 +12,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::fcntl::OFlag;
-use nix::unistd::{pipe2, ForkResult, Pid};
+use nix::unistd::{pipe2, Pid};
 
 use crate::init::reaper::{Registry, Route};
 
@@ -54,6 +54,17 @@ pub struct DeviceBind {
     pub target: CString,
 }
 
+/// A container's PID namespace: its main process makes one (and is PID 1 there as a small
+/// init that runs the real command as its child, reaps the container's orphans and passes
+/// on signals from outside, as docker's `--init`); execs join it. Either way PID 1 of the
+/// guest is out of the container's sight and reach.
+pub enum PidNs {
+    /// Stay in init's (unit tests).
+    Inherit,
+    New,
+    Join(OwnedFd),
+}
+
 /// A process's capability sets as bit masks (bit n = capability n), as the spec gives them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Privileges {
@@ -87,6 +98,8 @@ pub struct Launch {
     pub privileges: Option<Privileges>,
     /// The container cgroup's `cgroup.procs`: the child writes "0" there to join it.
     pub cgroup_procs: Option<OwnedFd>,
+    /// Which PID namespace the process lives in.
+    pub pid_ns: PidNs,
     pub root: RootSetup,
     pub stdio: ChildStdio,
 }
@@ -113,6 +126,7 @@ pub enum Stage {
     Mask,
     Capabilities,
     Cgroup,
+    Fork,
 }
 
 impl Stage {
@@ -137,6 +151,7 @@ impl Stage {
             Mask,
             Capabilities,
             Cgroup,
+            Fork,
         ]
         .into_iter()
         .find(|s| *s as u8 == v)
@@ -168,17 +183,51 @@ pub struct Held {
 pub fn spawn_held(registry: &Registry, launch: Launch, route: Route) -> Result<Held, SpawnError> {
     let (status_r, status_w) = pipe2(OFlag::O_CLOEXEC)?;
     let (go_r, go_w) = pipe2(OFlag::O_CLOEXEC)?;
-    let pid = {
+    let fork_registered = || -> Result<Pid, SpawnError> {
         let mut guard = registry.lock_for_spawn();
-        // SAFETY: the child runs only `child_main`, which makes async-signal-safe syscalls on
-        // data prepared before the fork and never returns.
-        match unsafe { nix::unistd::fork() }? {
-            ForkResult::Child => child_main(&launch, status_w.as_raw_fd(), go_r.as_raw_fd()),
-            ForkResult::Parent { child } => {
+        let r = match launch.pid_ns {
+            // SAFETY: clone(2) without CLONE_VM and with a NULL stack is fork(2), the child
+            // PID 1 of a new namespace. It bypasses glibc's fork bookkeeping, so that child
+            // must never call a glibc set*id wrapper (they would wait on the parent's threads,
+            // stale here): it only sets up the container and forks (with glibc's fork) the
+            // process that does. It runs only `child_main`: async-signal-safe syscalls on data
+            // prepared before the fork; it never returns.
+            PidNs::New => unsafe {
+                libc::syscall(
+                    libc::SYS_clone,
+                    (libc::CLONE_NEWPID | libc::SIGCHLD) as libc::c_ulong,
+                    0usize,
+                    0usize,
+                    0usize,
+                    0usize,
+                )
+            },
+            // SAFETY: as above, with glibc's own fork.
+            _ => unsafe { libc::fork() as libc::c_long },
+        };
+        match r {
+            r if r < 0 => Err(SpawnError::Host(nix::Error::last())),
+            0 => child_main(&launch, status_w.as_raw_fd(), go_r.as_raw_fd()),
+            pid => {
+                let child = Pid::from_raw(pid as i32);
                 guard.register(child, route);
-                child
+                Ok(child)
             }
         }
+    };
+    let pid = match &launch.pid_ns {
+        // The PID namespace for children is per thread: join it on a thread of its own, so
+        // no pooled thread of init is left forking into a container's namespace.
+        PidNs::Join(ns) => std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWPID)?;
+                    fork_registered()
+                })
+                .join()
+                .unwrap_or(Err(SpawnError::Vanished))
+        })?,
+        _ => fork_registered()?,
     };
     // The child's ends must close here, or EOF on the status pipe would never come.
     drop(status_w);
@@ -406,27 +455,6 @@ fn child_main(l: &Launch, status_w: RawFd, go_r: RawFd) -> ! {
                 fail(status_w, Stage::Stdio);
             }
         }
-        if s.controlling_tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-            fail(status_w, Stage::Tty);
-        }
-        if libc::chdir(ptr(&l.cwd)) < 0 {
-            fail(status_w, Stage::Chdir);
-        }
-        if let Some(p) = &l.privileges {
-            drop_bounding(p, status_w);
-        }
-        if libc::setgroups(l.additional_gids.len(), l.additional_gids.as_ptr()) < 0 {
-            fail(status_w, Stage::SetGroups);
-        }
-        if libc::setgid(l.gid) < 0 {
-            fail(status_w, Stage::SetGid);
-        }
-        if libc::setuid(l.uid) < 0 {
-            fail(status_w, Stage::SetUid);
-        }
-        if let Some(p) = &l.privileges {
-            set_capabilities(p, status_w);
-        }
         let ready = [READY];
         if libc::write(status_w, ready.as_ptr().cast(), 1) != 1 {
             libc::_exit(127);
@@ -442,6 +470,80 @@ fn child_main(l: &Launch, status_w: RawFd, go_r: RawFd) -> ! {
                 continue;
             }
             libc::_exit(127);
+        }
+        if !matches!(l.pid_ns, PidNs::New) {
+            become_process(l, status_w, false)
+        }
+        // PID 1 of the container's namespace: the real process is our child.
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+        // A raw fork again: glibc's would take its malloc locks, which another thread of init
+        // may have held at our own (raw) clone.
+        let main = libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        ) as libc::pid_t;
+        if main < 0 {
+            fail(status_w, Stage::Fork);
+        }
+        if main == 0 {
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            become_process(l, status_w, true)
+        }
+        // Every descriptor inherited from init goes (its listeners, connections, the status
+        // pipe whose EOF is the exec's success, the stdio pipes whose EOF ends the output):
+        // this process only reaps.
+        if libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) < 0 {
+            for fd in 0..4096 {
+                libc::close(fd);
+            }
+        }
+        let _ = (status_w, go_r);
+        container_init(main, &all)
+    }
+}
+
+/// The container's own process: terminal, working directory, user and capabilities, then
+/// exec. `new_session` for a child of the container's init (which keeps its own session).
+///
+/// # Safety
+/// Child side of the fork: async-signal-safe syscalls on data built before it.
+unsafe fn become_process(l: &Launch, status_w: RawFd, new_session: bool) -> ! {
+    // SAFETY: as for `child_main`: raw syscalls on pointers into `l`; nothing allocates.
+    unsafe {
+        if new_session && libc::setsid() < 0 {
+            fail(status_w, Stage::Setsid);
+        }
+        let s = &l.stdio;
+        if s.controlling_tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+            fail(status_w, Stage::Tty);
+        }
+        if libc::chdir(ptr(&l.cwd)) < 0 {
+            fail(status_w, Stage::Chdir);
+        }
+        if let Some(p) = &l.privileges {
+            drop_bounding(p, status_w);
+        }
+        // Raw syscalls, not glibc's wrappers: those broadcast the change to every thread glibc
+        // believes the process has, which after a raw clone are the parent's, and wait for
+        // them forever. This process has one thread; the syscalls are per thread.
+        let gids = &l.additional_gids;
+        if libc::syscall(libc::SYS_setgroups, gids.len(), gids.as_ptr()) < 0 {
+            fail(status_w, Stage::SetGroups);
+        }
+        if libc::syscall(libc::SYS_setgid, l.gid) < 0 {
+            fail(status_w, Stage::SetGid);
+        }
+        if libc::syscall(libc::SYS_setuid, l.uid) < 0 {
+            fail(status_w, Stage::SetUid);
+        }
+        if let Some(p) = &l.privileges {
+            set_capabilities(p, status_w);
         }
         let argv = NullTerminated::new(&l.argv);
         let envp = NullTerminated::new(&l.envp);
@@ -459,6 +561,45 @@ fn child_main(l: &Launch, status_w: RawFd, go_r: RawFd) -> ! {
         }
         nix::Error::set_raw(err);
         fail(status_w, Stage::Exec)
+    }
+}
+
+/// The container's PID 1: reaps every process reparented to it and exits with the real
+/// process's status (128+n for signal n, the code guest-init reports for it anyway), passing
+/// on the signals guest-init sends. A signal from inside the container is dropped, as the
+/// kernel drops it for a runc container's PID 1 that installed no handler.
+///
+/// # Safety
+/// Child side of the fork: sigwaitinfo, waitpid, kill and _exit only.
+unsafe fn container_init(main: libc::pid_t, all: &libc::sigset_t) -> ! {
+    // SAFETY: raw, async-signal-safe syscalls on stack buffers.
+    unsafe {
+        loop {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let sig = libc::sigwaitinfo(all, &mut info);
+            if sig < 0 {
+                continue;
+            }
+            if sig == libc::SIGCHLD {
+                loop {
+                    let mut status = 0;
+                    let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
+                    if pid <= 0 {
+                        break;
+                    }
+                    if pid == main {
+                        let code = if libc::WIFEXITED(status) {
+                            libc::WEXITSTATUS(status)
+                        } else {
+                            128 + libc::WTERMSIG(status)
+                        };
+                        libc::_exit(code);
+                    }
+                }
+            } else if info.si_pid() == 0 {
+                libc::kill(main, sig);
+            }
+        }
     }
 }
 

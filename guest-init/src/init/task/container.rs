@@ -22,7 +22,7 @@ use crate::api::stream::StreamKind;
 use crate::init::cgroup::Cgroup;
 use crate::init::events::{timestamp, Events};
 use crate::init::process::launch;
-use crate::init::process::spawn::{spawn_held, Held, Launch, RootSetup};
+use crate::init::process::spawn::{spawn_held, Held, Launch, PidNs, RootSetup};
 use crate::init::process::stdio::{Io, Wanted};
 use crate::init::reaper::{Exit, Registry};
 use crate::init::transport::BoxConn;
@@ -40,6 +40,8 @@ pub struct Container {
     rootfs_mounts: Vec<PathBuf>,
     /// Its cgroup (VM mode), removed with the container.
     cgroup: Option<Arc<Cgroup>>,
+    /// The PID namespace exec'd processes join (the main process made it).
+    pid_ns: OwnedFd,
 }
 
 /// What Create carries besides the process: the spec and rootfs when the host cannot write
@@ -249,6 +251,7 @@ impl Tasks {
         if let Some(cg) = &cgroup {
             launch.cgroup_procs = Some(cg.procs().map_err(|e| internal("cgroup")(e.to_string()))?);
         }
+        launch.pid_ns = PidNs::New;
         let main = Process::new(
             &id,
             "",
@@ -265,12 +268,19 @@ impl Tasks {
             }
         };
         let pid = held.pid;
-        // The child reported ready after its root switch, so this is the container's namespace.
+        // The child reported ready after its root switch, so these are the container's
+        // namespaces.
         let ns_path = format!("/proc/{pid}/ns/mnt");
-        let opened = std::fs::File::open(&ns_path)
-            .and_then(|f| Ok((OwnedFd::from(f), std::fs::read_link(&ns_path)?)));
+        let opened = std::fs::File::open(&ns_path).and_then(|f| {
+            let pid_ns = std::fs::File::open(format!("/proc/{pid}/ns/pid"))?;
+            Ok((
+                OwnedFd::from(f),
+                std::fs::read_link(&ns_path)?,
+                OwnedFd::from(pid_ns),
+            ))
+        });
         *main.phase() = Phase::Created(Some(held));
-        let (mnt_ns, link) = match opened {
+        let (mnt_ns, link, pid_ns) = match opened {
             Ok(v) => v,
             Err(e) => {
                 let _ = main.signal(Signal::SIGKILL);
@@ -287,6 +297,7 @@ impl Tasks {
             mnt_ns_id: link.to_string_lossy().into_owned(),
             rootfs_mounts,
             cgroup,
+            pid_ns,
         });
         self.map().insert(id, container);
         Ok(pid.as_raw() as u32)
@@ -314,6 +325,11 @@ impl Tasks {
         if let Some(cg) = &c.cgroup {
             launch.cgroup_procs = Some(cg.procs().map_err(|e| internal("cgroup")(e.to_string()))?);
         }
+        launch.pid_ns = PidNs::Join(
+            c.pid_ns
+                .try_clone()
+                .map_err(|e| internal("pid namespace")(e.to_string()))?,
+        );
         let p = Process::new(
             &c.id,
             &req.exec_id,
