@@ -948,6 +948,16 @@ fn c18_containers_run_with_docker_defaults() {
         "CapInh:\t00000000a80425fb\nCapPrm:\t00000000a80425fb\nCapEff:\t00000000a80425fb\n\
          CapBnd:\t00000000a80425fb\nCapAmb:\t0000000000000000\nNoNewPrivs:\t1\n"
     );
+    let o = env.run(&[
+        "run",
+        "--rm",
+        env.image(),
+        "--",
+        "grep",
+        "^Seccomp:",
+        "/proc/self/status",
+    ]);
+    assert_eq!(o.stdout, "Seccomp:\t2\n", "{}", o.stderr);
     let tries = [
         (
             "echo 1 > /proc/sys/kernel/domainname",
@@ -959,6 +969,8 @@ fn c18_containers_run_with_docker_defaults() {
             "permission denied",
         ),
         ("chroot / true && hostname evil", "Operation not permitted"),
+        // No capability guards a user namespace: only the seccomp profile does.
+        ("unshare -U true", "Operation not permitted"),
     ];
     for (script, want) in tries {
         let o = env.run(&["run", "--rm", env.image(), "--", "sh", "-c", script]);

@@ -222,6 +222,7 @@ pub fn container_spec(hostname: &str, process: Value, resources: Value) -> Value
         ],
         "linux": {
             "resources": resources,
+            "seccomp": security::seccomp(),
             "maskedPaths": security::MASKED_PATHS,
             "readonlyPaths": security::READONLY_PATHS,
         },

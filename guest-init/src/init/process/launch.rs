@@ -112,6 +112,7 @@ pub fn build(process: &Process, root: RootSetup, stdio: ChildStdio) -> Result<La
         privileges: privileges(process)?,
         cgroup_procs: None,
         pid_ns: PidNs::Inherit,
+        seccomp: Vec::new(),
         root,
         stdio,
     })

@@ -2,5 +2,6 @@
 
 pub mod launch;
 pub mod pty;
+pub mod seccomp;
 pub mod spawn;
 pub mod stdio;

@@ -100,6 +100,8 @@ pub struct Launch {
     pub cgroup_procs: Option<OwnedFd>,
     /// Which PID namespace the process lives in.
     pub pid_ns: PidNs,
+    /// seccomp filters installed right before the exec (after `no_new_privs`).
+    pub seccomp: Vec<seccompiler::BpfProgram>,
     pub root: RootSetup,
     pub stdio: ChildStdio,
 }
@@ -127,6 +129,7 @@ pub enum Stage {
     Capabilities,
     Cgroup,
     Fork,
+    Seccomp,
 }
 
 impl Stage {
@@ -152,6 +155,7 @@ impl Stage {
             Capabilities,
             Cgroup,
             Fork,
+            Seccomp,
         ]
         .into_iter()
         .find(|s| *s as u8 == v)
@@ -544,6 +548,15 @@ unsafe fn become_process(l: &Launch, status_w: RawFd, new_session: bool) -> ! {
         }
         if let Some(p) = &l.privileges {
             set_capabilities(p, status_w);
+        }
+        for prog in &l.seccomp {
+            let fprog = libc::sock_fprog {
+                len: prog.len() as libc::c_ushort,
+                filter: prog.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &fprog) < 0 {
+                fail(status_w, Stage::Seccomp);
+            }
         }
         let argv = NullTerminated::new(&l.argv);
         let envp = NullTerminated::new(&l.envp);

@@ -21,9 +21,9 @@ use crate::api::events::{
 use crate::api::stream::StreamKind;
 use crate::init::cgroup::Cgroup;
 use crate::init::events::{timestamp, Events};
-use crate::init::process::launch;
 use crate::init::process::spawn::{spawn_held, Held, Launch, PidNs, RootSetup};
 use crate::init::process::stdio::{Io, Wanted};
+use crate::init::process::{launch, seccomp};
 use crate::init::reaper::{Exit, Registry};
 use crate::init::transport::BoxConn;
 
@@ -42,6 +42,8 @@ pub struct Container {
     cgroup: Option<Arc<Cgroup>>,
     /// The PID namespace exec'd processes join (the main process made it).
     pid_ns: OwnedFd,
+    /// The spec's seccomp filters, for its execs too.
+    seccomp: Vec<seccompiler::BpfProgram>,
 }
 
 /// What Create carries besides the process: the spec and rootfs when the host cannot write
@@ -252,6 +254,9 @@ impl Tasks {
             launch.cgroup_procs = Some(cg.procs().map_err(|e| internal("cgroup")(e.to_string()))?);
         }
         launch.pid_ns = PidNs::New;
+        let seccomp = seccomp::compile(linux.and_then(|l| l.seccomp().as_ref()))
+            .map_err(TaskError::InvalidArgument)?;
+        launch.seccomp = seccomp.clone();
         let main = Process::new(
             &id,
             "",
@@ -298,6 +303,7 @@ impl Tasks {
             rootfs_mounts,
             cgroup,
             pid_ns,
+            seccomp,
         });
         self.map().insert(id, container);
         Ok(pid.as_raw() as u32)
@@ -325,6 +331,7 @@ impl Tasks {
         if let Some(cg) = &c.cgroup {
             launch.cgroup_procs = Some(cg.procs().map_err(|e| internal("cgroup")(e.to_string()))?);
         }
+        launch.seccomp = c.seccomp.clone();
         launch.pid_ns = PidNs::Join(
             c.pid_ns
                 .try_clone()
