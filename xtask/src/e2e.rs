@@ -67,9 +67,11 @@ box run -d --name hard "$IMG" -- sleep 100000 >/dev/null 2>/tmp/e9
 caps=$(box exec hard -- grep CapEff /proc/self/status 2>>/tmp/e9)
 box exec hard -- sh -c 'echo x > /tmp/m.ko; insmod /tmp/m.ko' 2>/tmp/e9m; insrc=$?
 box exec hard -- sh -c 'echo 1 > /proc/sys/kernel/panic' 2>/tmp/e9s; sysrc=$?
+box exec hard -- unshare -U true 2>/tmp/e9u; usrc=$?
+mypid=$(box exec hard -- sh -c 'echo $$' 2>>/tmp/e9)
 box exec hard -- kill -TERM 1 2>>/tmp/e9
 alive=$(box exec hard -- echo alive 2>>/tmp/e9)
-if [ "$caps" = "CapEff:	00000000a80425fb" ] && [ $insrc != 0 ] && grep -q "not permitted" /tmp/e9m && [ $sysrc != 0 ] && [ "$alive" = alive ]; then ok "9 hardening in the guest: docker caps, insmod refused, /proc/sys read-only, kill -TERM 1 ignored"; else bad "9 hardening" "caps=[$caps] insmod=$insrc($(head -1 /tmp/e9m)) sys=$sysrc alive=[$alive] $(tail -2 /tmp/e9)"; fi
+if [ "$caps" = "CapEff:	00000000a80425fb" ] && [ $insrc != 0 ] && grep -q "not permitted" /tmp/e9m && [ $sysrc != 0 ] && [ "$alive" = alive ] && [ $usrc != 0 ] && grep -q "not permitted" /tmp/e9u && [ "$mypid" != 1 ] && [ "$mypid" -lt 20 ]; then ok "9 hardening in the guest: docker caps, insmod refused, /proc/sys read-only, seccomp refuses unshare -U, own PID namespace (exec is pid $mypid), kill -TERM 1 ignored"; else bad "9 hardening" "caps=[$caps] insmod=$insrc($(head -1 /tmp/e9m)) sys=$sysrc userns=$usrc($(head -1 /tmp/e9u)) pid=[$mypid] alive=[$alive] $(tail -2 /tmp/e9)"; fi
 box rm -f hard >/dev/null 2>&1
 
 # The VMM's jail: its own uid, no capabilities, no_new_privs, its own mount/net/pid
