@@ -727,7 +727,16 @@ pub fn remove(root: &StateRoot, name: &str, force: bool) -> Result<(), SandboxEr
     if !force && !leftovers.is_empty() {
         return Err(SandboxError::IsRunning(name.into()));
     }
-    for p in r.pids.all().chain(&leftovers) {
+    kill_and_remove(root, name, r.pids.all().chain(&leftovers))
+}
+
+/// SIGKILLs `procs`, then deletes the sandbox's directory and cgroup.
+fn kill_and_remove<'a>(
+    root: &StateRoot,
+    name: &str,
+    procs: impl Iterator<Item = &'a ProcRef>,
+) -> Result<(), SandboxError> {
+    for p in procs {
         if !kill_and_wait(p, libc::SIGKILL, Duration::from_secs(10)) {
             return Err(SandboxError::Io(format!(
                 "process {} of sandbox {name} did not exit after SIGKILL",
@@ -747,17 +756,7 @@ fn remove_without_record(root: &StateRoot, name: &str, force: bool) -> Result<()
     if !procs.is_empty() && !force {
         return Err(SandboxError::IsRunning(name.into()));
     }
-    for p in &procs {
-        if !kill_and_wait(p, libc::SIGKILL, Duration::from_secs(10)) {
-            return Err(SandboxError::Io(format!(
-                "process {} of sandbox {name} did not exit after SIGKILL",
-                p.pid
-            )));
-        }
-    }
-    root.remove(name)?;
-    jail::remove_cgroup(name);
-    Ok(())
+    kill_and_remove(root, name, procs.iter())
 }
 
 /// The sandbox's container log files (kept by `box run -d`), oldest first.
