@@ -5,13 +5,15 @@
 //! - [`unpack`]: layers applied as hostile input, every path resolved inside the root being
 //!   built (`openat2` with `RESOLVE_IN_ROOT`), under [`Limits`];
 //! - [`disk`]: the container disk (ext4) a microVM mounts read-only;
-//! - [`write`]: OCI layouts written (the test image, and the hostile images of the tests).
+//! - [`write`]: OCI layouts written (the test image, and the hostile images of the tests);
+//! - [`initramfs`]: the guest initramfs's cpio writer and kernel-module resolver.
 //!
 //! Policy for what an image may hold is written once, in `images/README.md`.
 
 mod digest;
 pub mod disk;
 mod error;
+pub mod initramfs;
 mod limits;
 pub mod oci;
 pub mod unpack;

@@ -8,8 +8,9 @@
 
 use crate::kernel::{self, Kernel};
 use crate::tree::Tree;
-use crate::{host, kmod, oci, paths};
+use crate::{host, oci, paths};
 use anyhow::{bail, Context, Result};
+use box_images::initramfs::kmod;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -218,4 +219,48 @@ fn candidate_version(package: &str, cache: &Path) -> Result<String> {
         fs::write(&memo, format!("{stamp} {version}\n"))?;
     }
     Ok(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use box_images::initramfs::kmod::{canonical, resolve};
+
+    /// Against the real Debian kernel package (fetched with apt): every guest and L1 module
+    /// resolves, and known dependencies come first. `cargo test -p xtask -- --ignored`
+    #[test]
+    #[ignore = "needs the kernel package (apt-get download)"]
+    fn real_kernel_modules_resolve_in_dependency_order() {
+        let k = crate::kernel::fetch().unwrap();
+        let names = |wanted: &[&str]| -> Vec<String> {
+            resolve(&k.modules, wanted)
+                .unwrap()
+                .iter()
+                .map(|p| canonical(&p.file_stem().unwrap().to_string_lossy()))
+                .collect()
+        };
+        let before = |v: &[String], a: &str, b: &str| {
+            let pos = |m: &str| {
+                v.iter()
+                    .position(|x| x == m)
+                    .unwrap_or_else(|| panic!("{m} missing from {v:?}"))
+            };
+            assert!(pos(a) < pos(b), "{a} must load before {b}: {v:?}");
+        };
+        let guest = names(GUEST_MODULES);
+        before(&guest, "virtio_ring", "virtio");
+        before(&guest, "virtio", "virtio_mmio");
+        before(&guest, "vsock", "vmw_vsock_virtio_transport_common");
+        before(
+            &guest,
+            "vmw_vsock_virtio_transport_common",
+            "vmw_vsock_virtio_transport",
+        );
+        let l1 = names(crate::l1image::L1_MODULE_NAMES);
+        before(&l1, "irqbypass", "kvm");
+        before(&l1, "kvm", "kvm_amd");
+        before(&l1, "vhost_iotlb", "vhost");
+        before(&l1, "vhost", "vhost_vsock");
+        before(&l1, "vsock", "vhost_vsock");
+    }
 }

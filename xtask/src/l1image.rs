@@ -6,9 +6,9 @@
 
 use crate::host::{self, BUSYBOX};
 use crate::kernel::Kernel;
-use crate::kmod;
 use crate::tree::Tree;
 use anyhow::{Context, Result};
+use box_images::initramfs::kmod;
 use std::fs;
 use std::path::{Path, PathBuf};
 

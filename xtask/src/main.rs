@@ -2,13 +2,11 @@
 
 mod bench;
 mod ci;
-mod cpio;
 mod demo;
 mod e2e;
 mod host;
 mod images;
 mod kernel;
-mod kmod;
 mod l1image;
 mod l1init;
 mod node;

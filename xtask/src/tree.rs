@@ -1,7 +1,7 @@
 //! An initramfs under construction: destination paths mapped to their contents, written out as
 //! a newc cpio archive. Parent directories are added implicitly.
 
-use crate::{cpio, host};
+use crate::host;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::fs;
@@ -132,7 +132,7 @@ impl Tree {
     }
 
     fn write_cpio(&self, out: impl Write) -> Result<()> {
-        let mut w = cpio::Writer::new(out);
+        let mut w = box_images::initramfs::cpio::Writer::new(out);
         for (dest, (src, mode)) in &self.entries {
             match src {
                 Src::Dir => w.dir(dest, *mode)?,
