@@ -969,6 +969,11 @@ fn c18_containers_run_with_docker_defaults() {
             "permission denied",
         ),
         ("chroot / true && hostname evil", "Operation not permitted"),
+        // Raising a capability beyond the bounding set.
+        (
+            "setpriv --inh-caps +sys_admin true",
+            "Operation not permitted",
+        ),
         // No capability guards a user namespace: only the seccomp profile does.
         ("unshare -U true", "Operation not permitted"),
     ];
