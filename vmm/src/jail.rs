@@ -10,8 +10,6 @@
 //! contract unchanged; the child dies with it (`PR_SET_PDEATHSIG`). Everything here runs while
 //! box-vmm is still single-threaded.
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -166,17 +164,10 @@ pub fn enter(cfg: &mut VmConfig, jail: &JailConfig) -> Result<()> {
 /// Binds `src` over a placeholder at `dst`, read-only when `ro`. A writable disk must also be
 /// writable by the jail's user.
 fn bind_file(src: &Path, dst: &Path, ro: bool, jail: &JailConfig) -> Result<()> {
-    let what = |w: &str| {
-        format!(
-            "{w} {}",
-            OsStr::from_bytes(src.as_os_str().as_bytes()).to_string_lossy()
-        )
-    };
-    std::fs::File::create(dst).map_err(Error::io(what("placeholder for")))?;
-    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| Error::Io {
-        what: what("jail: binding"),
-        source: e.into(),
-    })?;
+    let what = |w: &str| format!("{w} {}", src.display());
+    std::fs::File::create(dst).map_err(Error::io(what("jail: placeholder for")))?;
+    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(sys(&what("binding")))?;
     if ro {
         mount(
             None::<&str>,
@@ -185,20 +176,14 @@ fn bind_file(src: &Path, dst: &Path, ro: bool, jail: &JailConfig) -> Result<()> 
             MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
             None::<&str>,
         )
-        .map_err(|e| Error::Io {
-            what: what("jail: read-only"),
-            source: e.into(),
-        })?;
+        .map_err(sys(&what("read-only")))?;
     } else {
         nix::unistd::chown(
             dst,
             Some(Uid::from_raw(jail.uid)),
             Some(Gid::from_raw(jail.gid)),
         )
-        .map_err(|e| Error::Io {
-            what: what("jail: owning"),
-            source: e.into(),
-        })?;
+        .map_err(sys(&what("owning")))?;
     }
     Ok(())
 }

@@ -15,7 +15,7 @@ use box_guest_init::api::stream::StreamKind;
 use tokio::io::AsyncReadExt;
 
 use super::CliError;
-use crate::sandbox::state::{SandboxState, StateError, StateRoot};
+use crate::sandbox::state::{Record, SandboxState, StateError, StateRoot};
 use crate::sandbox::vmm_process::ProcRef;
 use crate::sandbox::{self, SandboxError};
 
@@ -23,11 +23,7 @@ pub async fn run(root: &StateRoot, name: &str, client: Option<ProcRef>) -> Resul
     if let Some(client) = client {
         return supervise(root, name, client).await;
     }
-    let record = root.load(name)?;
-    // The sandbox is still Creating: connect like attach does, without its state check.
-    let endpoint = sandbox::backend::endpoint(record.backend, &record.paths);
-    let client = crate::agent_client::GuestClient::connect(endpoint).await?;
-    client.health(sandbox::readiness::ATTEMPT).await?;
+    let (record, client) = connect(root, name).await?;
     let id = record.id.clone();
     let out = client.open_stream(&id, "", StreamKind::Stdout).await?;
     let err = client.open_stream(&id, "", StreamKind::Stderr).await?;
@@ -38,8 +34,7 @@ pub async fn run(root: &StateRoot, name: &str, client: Option<ProcRef>) -> Resul
     let log = sandbox::log::CappedLog::open(&record.paths.container_log, max)
         .map_err(|e| CliError::Io(format!("{}: {e}", record.paths.container_log.display())))?;
     let log = Arc::new(Mutex::new(log));
-    println!("ready");
-    let _ = std::io::stdout().flush();
+    say_ready();
     // Nobody reads our stdout any more.
     if let Ok(null) = std::fs::File::options().write(true).open("/dev/null") {
         use std::os::fd::AsRawFd;
@@ -75,12 +70,48 @@ pub async fn run(root: &StateRoot, name: &str, client: Option<ProcRef>) -> Resul
     })
     .await;
     let _ = client.delete(&id, "").await;
-    let oom = code == Some(137) && sandbox::oom_killed(&client, &id).await;
-    sandbox::record_exit(root, name, code, oom)?;
+    record_exit(root, name, &client, &id, code).await?;
     sandbox::stop(root, name, Duration::from_secs(2)).await?;
-    if root.load(name)?.config.auto_remove {
+    remove_if_asked(root, name, root.load(name)?.config.auto_remove)
+}
+
+/// The record (the sandbox may still be Creating: no state check, unlike attach) and a
+/// client of its guest that answered Health.
+async fn connect(
+    root: &StateRoot,
+    name: &str,
+) -> Result<(Record, crate::agent_client::GuestClient), CliError> {
+    let record = root.load(name)?;
+    let endpoint = sandbox::backend::endpoint(record.backend, &record.paths);
+    let client = crate::agent_client::GuestClient::connect(endpoint).await?;
+    client.health(sandbox::readiness::ATTEMPT).await?;
+    Ok((record, client))
+}
+
+/// What `box run` waits for before it starts the container.
+fn say_ready() {
+    println!("ready");
+    let _ = std::io::stdout().flush();
+}
+
+/// The main process's exit code, and whether the OOM killer took it.
+async fn record_exit(
+    root: &StateRoot,
+    name: &str,
+    guest: &crate::agent_client::GuestClient,
+    id: &str,
+    code: Option<i32>,
+) -> Result<(), CliError> {
+    let oom = code == Some(137) && sandbox::oom_killed(guest, id).await;
+    sandbox::record_exit(root, name, code, oom)?;
+    Ok(())
+}
+
+/// `--rm`: removes the sandbox, unless someone already did.
+fn remove_if_asked(root: &StateRoot, name: &str, auto_remove: bool) -> Result<i32, CliError> {
+    if auto_remove {
         match sandbox::remove(root, name, true) {
-            Ok(()) | Err(SandboxError::State(crate::sandbox::state::StateError::Unknown(_))) => {}
+            Ok(()) | Err(SandboxError::State(StateError::Unknown(_))) => {}
             Err(e) => return Err(e.into()),
         }
     }
@@ -88,13 +119,9 @@ pub async fn run(root: &StateRoot, name: &str, client: Option<ProcRef>) -> Resul
 }
 
 async fn supervise(root: &StateRoot, name: &str, client: ProcRef) -> Result<i32, CliError> {
-    let record = root.load(name)?;
-    let endpoint = sandbox::backend::endpoint(record.backend, &record.paths);
-    let guest = crate::agent_client::GuestClient::connect(endpoint).await?;
-    guest.health(sandbox::readiness::ATTEMPT).await?;
+    let (record, guest) = connect(root, name).await?;
     let id = record.id.clone();
-    println!("ready");
-    let _ = std::io::stdout().flush();
+    say_ready();
     let code = guest.wait(&id, "").await.ok().map(|w| w.exit_status as i32);
     // The client records and cleans up itself when it lives: let it finish first.
     let _ = tokio::task::spawn_blocking(move || client.wait_gone(Duration::from_secs(60))).await;
@@ -105,17 +132,10 @@ async fn supervise(root: &StateRoot, name: &str, client: ProcRef) -> Result<i32,
     };
     if matches!(r.state, SandboxState::Creating | SandboxState::Running) {
         tracing::warn!("{name}: its client died: recording the exit");
-        let oom = code == Some(137) && sandbox::oom_killed(&guest, &id).await;
-        sandbox::record_exit(root, name, code, oom)?;
+        record_exit(root, name, &guest, &id, code).await?;
     }
     if r.pids.vmm.is_some_and(|p| p.is_alive()) {
         sandbox::stop(root, name, Duration::from_secs(2)).await?;
     }
-    if r.config.auto_remove {
-        match sandbox::remove(root, name, true) {
-            Ok(()) | Err(SandboxError::State(StateError::Unknown(_))) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(0)
+    remove_if_asked(root, name, r.config.auto_remove)
 }

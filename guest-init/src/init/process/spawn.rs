@@ -507,7 +507,6 @@ fn child_main(l: &Launch, status_w: RawFd, go_r: RawFd) -> ! {
                 libc::close(fd);
             }
         }
-        let _ = (status_w, go_r);
         container_init(main, &all)
     }
 }
