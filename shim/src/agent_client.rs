@@ -3,11 +3,15 @@
 //! The same calls run over two transports: the unix sockets of a host-process init, or a
 //! microVM's vsock through box-vmm's hybrid unix socket (`CONNECT <port>\n` -> `OK <n>\n`).
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use box_guest_init::api::agent::{
-    AgentClient as AgentRpc, HealthRequest, HealthResponse, ShutdownRequest,
+    AgentClient as AgentRpc, HealthRequest, HealthResponse, RunProcessRequest, RunProcessResponse,
+    ShutdownRequest,
 };
 use box_guest_init::api::events::{read_frame, Event, FrameError};
 use box_guest_init::api::stream::{read_line, LineError, StreamHello, StreamKind};
@@ -19,7 +23,7 @@ use containerd_shim_protos::api::{
 };
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::shim_async::TaskClient;
-use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::net::UnixStream;
 
 /// Where guest-init listens.
@@ -126,12 +130,13 @@ impl Endpoint {
                         what: format!("{} port {p}", uds.display()),
                         source,
                     })?;
-                let line = read_line(&mut s)
-                    .await
-                    .map_err(|e| ClientError::Handshake {
-                        port: p,
-                        reason: e.to_string(),
-                    })?;
+                let line =
+                    read_handshake_line(&mut s)
+                        .await
+                        .map_err(|e| ClientError::Handshake {
+                            port: p,
+                            reason: e.to_string(),
+                        })?;
                 if !line.starts_with("OK ") {
                     return Err(ClientError::Handshake {
                         port: p,
@@ -140,6 +145,51 @@ impl Endpoint {
                 }
                 Ok(s)
             }
+        }
+    }
+}
+
+/// Reads box-vmm's `OK <port>\n` without consuming a byte past it (the guest may speak right
+/// after it, e.g. on the events port): peek, then read exactly the line. Two syscalls instead
+/// of one per byte, which under nested TCG is most of a connect's cost.
+async fn read_handshake_line(s: &mut UnixStream) -> Result<String, LineError> {
+    const MAX: usize = 64;
+    let mut line = Vec::with_capacity(MAX);
+    loop {
+        let mut peek = [0u8; MAX];
+        let n = loop {
+            s.readable().await?;
+            let peeked = s.try_io(Interest::READABLE, || {
+                nix::sys::socket::recv(
+                    s.as_raw_fd(),
+                    &mut peek,
+                    nix::sys::socket::MsgFlags::MSG_PEEK,
+                )
+                .map_err(std::io::Error::from)
+            });
+            match peeked {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if n == 0 {
+            return Err(LineError::Eof);
+        }
+        // Consume through the newline if it is there, else what was peeked (never more).
+        let (take, done) = match peek[..n].iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (n, false),
+        };
+        let mut chunk = vec![0u8; take];
+        s.read_exact(&mut chunk).await?;
+        line.extend_from_slice(&chunk);
+        if done {
+            line.pop();
+            return String::from_utf8(line).map_err(|_| LineError::NotUtf8);
+        }
+        if line.len() >= MAX {
+            return Err(LineError::TooLong);
         }
     }
 }
@@ -187,6 +237,9 @@ pub struct GuestClient {
     endpoint: Endpoint,
     task: TaskClient,
     agent: AgentRpc,
+    /// Request/answer exchanges with the guest so far (connect handshakes, stream hellos,
+    /// calls), for the exec path's accounting: see [`GuestClient::exchanges`].
+    exchanges: Arc<AtomicU32>,
 }
 
 fn ctx() -> ttrpc::context::Context {
@@ -201,7 +254,61 @@ impl GuestClient {
             task: TaskClient::new(client.clone()),
             agent: AgentRpc::new(client),
             endpoint,
+            exchanges: Arc::new(AtomicU32::new(1)),
         })
+    }
+
+    /// How many request/answer exchanges this client had with the guest (the control
+    /// connection's handshake included). Concurrent ones count each.
+    pub fn exchanges(&self) -> u32 {
+        self.exchanges.load(Ordering::Relaxed)
+    }
+
+    fn count(&self, n: u32) {
+        self.exchanges.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Defines an exec, starts it once its streams are attached (open them with
+    /// [`GuestClient::open_stream`] concurrently: the guest waits for them) and, with `wait`,
+    /// answers at its exit, the exec already forgotten. One call where the Task service
+    /// takes four (Exec, Start, Wait, Delete).
+    pub async fn run_process(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: &serde_json::Value,
+        io: &StdioRequest,
+        wait: bool,
+    ) -> Result<RunProcessResponse, ClientError> {
+        self.run_process_within(id, exec_id, process, io, wait, Duration::ZERO)
+            .await
+    }
+
+    /// [`GuestClient::run_process`], giving up (the process never runs) when its streams are
+    /// not attached within `attach` (zero: the guest's default, 30 s).
+    pub async fn run_process_within(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: &serde_json::Value,
+        io: &StdioRequest,
+        wait: bool,
+        attach: Duration,
+    ) -> Result<RunProcessResponse, ClientError> {
+        self.count(1);
+        let req = RunProcessRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            process: serde_json::to_vec(process)?,
+            terminal: io.terminal,
+            stdin: io.stdin,
+            stdout: io.stdout,
+            stderr: io.stderr,
+            wait,
+            attach_timeout_ms: attach.as_millis().min(u32::MAX as u128) as u32,
+            ..Default::default()
+        };
+        Ok(self.agent.run_process(ctx(), &req).await?)
     }
 
     pub fn endpoint(&self) -> &Endpoint {
@@ -209,6 +316,7 @@ impl GuestClient {
     }
 
     pub async fn health(&self, timeout: Duration) -> Result<HealthResponse, ClientError> {
+        self.count(1);
         tokio::time::timeout(timeout, self.agent.health(ctx(), &HealthRequest::new()))
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
@@ -216,6 +324,7 @@ impl GuestClient {
     }
 
     pub async fn shutdown(&self, grace: Duration) -> Result<(), ClientError> {
+        self.count(1);
         let req = ShutdownRequest {
             grace_ms: grace.as_millis().min(u32::MAX as u128) as u32,
             ..Default::default()
@@ -245,6 +354,7 @@ impl GuestClient {
         spec: Option<&serde_json::Value>,
         rootfs: Vec<RootfsMount>,
     ) -> Result<u32, ClientError> {
+        self.count(1);
         let [stdin, stdout, stderr] = io.names(id);
         let options = match spec {
             Some(spec) => {
@@ -279,6 +389,7 @@ impl GuestClient {
     }
 
     pub async fn start(&self, id: &str, exec_id: &str) -> Result<u32, ClientError> {
+        self.count(1);
         let req = StartRequest {
             id: id.into(),
             exec_id: exec_id.into(),
@@ -295,6 +406,7 @@ impl GuestClient {
         process: &serde_json::Value,
         io: &StdioRequest,
     ) -> Result<(), ClientError> {
+        self.count(1);
         let [stdin, stdout, stderr] = io.names(exec_id);
         let mut spec = Any::new();
         spec.type_url = PROCESS_SPEC_TYPE_URL.into();
@@ -320,6 +432,7 @@ impl GuestClient {
         signal: u32,
         all: bool,
     ) -> Result<(), ClientError> {
+        self.count(1);
         let req = KillRequest {
             id: id.into(),
             exec_id: exec_id.into(),
@@ -332,6 +445,7 @@ impl GuestClient {
     }
 
     pub async fn wait(&self, id: &str, exec_id: &str) -> Result<WaitResponse, ClientError> {
+        self.count(1);
         let req = WaitRequest {
             id: id.into(),
             exec_id: exec_id.into(),
@@ -341,6 +455,7 @@ impl GuestClient {
     }
 
     pub async fn state(&self, id: &str, exec_id: &str) -> Result<StateResponse, ClientError> {
+        self.count(1);
         let req = StateRequest {
             id: id.into(),
             exec_id: exec_id.into(),
@@ -350,6 +465,7 @@ impl GuestClient {
     }
 
     pub async fn delete(&self, id: &str, exec_id: &str) -> Result<DeleteResponse, ClientError> {
+        self.count(1);
         let req = DeleteRequest {
             id: id.into(),
             exec_id: exec_id.into(),
@@ -365,6 +481,7 @@ impl GuestClient {
         cols: u32,
         rows: u32,
     ) -> Result<(), ClientError> {
+        self.count(1);
         let req = ResizePtyRequest {
             id: id.into(),
             exec_id: exec_id.into(),
@@ -377,6 +494,7 @@ impl GuestClient {
     }
 
     pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), ClientError> {
+        self.count(1);
         let req = CloseIORequest {
             id: id.into(),
             exec_id: exec_id.into(),
@@ -388,6 +506,7 @@ impl GuestClient {
     }
 
     pub async fn pids(&self, id: &str) -> Result<Vec<u32>, ClientError> {
+        self.count(1);
         let req = PidsRequest {
             id: id.into(),
             ..Default::default()
@@ -415,6 +534,7 @@ impl GuestClient {
         } else {
             Port::Stdio
         };
+        self.count(2);
         let mut conn = self.endpoint.connect(port).await?;
         let hello = StreamHello {
             container_id: id.into(),
@@ -433,6 +553,7 @@ impl GuestClient {
     }
 
     pub async fn events(&self) -> Result<EventStream, ClientError> {
+        self.count(1);
         Ok(EventStream {
             conn: BufReader::new(self.endpoint.connect(Port::Events).await?),
         })

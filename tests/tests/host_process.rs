@@ -846,3 +846,96 @@ async fn t14_killed_before_start_and_delete_ends_the_container() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t15_run_process_one_call_streams_first_exit_and_forgetting() {
+    require_host_tier!();
+    let init = HostInit::start(false);
+    let c = init.client().await;
+    sleeping_container(&init, &c, "ctr").await;
+    let io = StdioRequest {
+        stdout: true,
+        stderr: true,
+        ..NO_IO
+    };
+    let script = process(&["sh", "-c", "echo out; echo err >&2; exit 3"], false);
+
+    // The stdout hello goes out before the exec exists: guest-init holds it until the
+    // definition arrives (without that, it is refused at once).
+    let out = {
+        let c = c.clone();
+        tokio::spawn(async move { c.open_stream("ctr", "r1", StreamKind::Stdout).await })
+    };
+    let run = {
+        let (c, io, script) = (c.clone(), io.clone(), script.clone());
+        tokio::spawn(async move { c.run_process("ctr", "r1", &script, &io, true).await })
+    };
+    let err = c
+        .open_stream("ctr", "r1", StreamKind::Stderr)
+        .await
+        .expect("stderr attaches");
+    let out = out
+        .await
+        .unwrap()
+        .expect("a hello before its exec attaches");
+    let resp = tokio::time::timeout(BACKSTOP, run)
+        .await
+        .expect("RunProcess answers at the exit")
+        .unwrap()
+        .expect("RunProcess");
+    assert_eq!(resp.exit_status, 3);
+    assert!(resp.pid > 0 && resp.exited_at_ns > 0, "{resp:?}");
+    assert_eq!(read_all(out).await, b"out\n");
+    assert_eq!(read_all(err).await, b"err\n");
+    let gone = c
+        .state("ctr", "r1")
+        .await
+        .expect_err("the exec is forgotten");
+    assert!(
+        gone.to_string().contains("not found") || gone.to_string().contains("r1"),
+        "{gone}"
+    );
+
+    // Streams that never come: the process never runs, and nothing is left behind.
+    let marker = process(&["touch", "/ran"], false);
+    let e = c
+        .run_process_within("ctr", "r2", &marker, &io, true, Duration::from_millis(300))
+        .await
+        .expect_err("no streams, no run");
+    assert!(e.to_string().contains("not attached"), "{e}");
+    assert!(c.state("ctr", "r2").await.is_err(), "r2 is forgotten");
+    assert_eq!(
+        exec_code(&c, "ctr", "check", &["test", "-e", "/ran"]).await,
+        1
+    );
+
+    // A command that cannot run: the Exec stage's errno, and again nothing left behind.
+    let e = c
+        .run_process("ctr", "r3", &process(&["/no/such"], false), &NO_IO, true)
+        .await
+        .expect_err("ENOENT");
+    assert_eq!(
+        e.cannot_run(),
+        Some(box_shim::agent_client::CannotRun::NotFound),
+        "{e}"
+    );
+    assert!(c.state("ctr", "r3").await.is_err(), "r3 is forgotten");
+
+    // Without `wait`: the answer comes at the start; the exit is the Task API's as usual.
+    let bg = c
+        .run_process(
+            "ctr",
+            "r4",
+            &process(&["sh", "-c", "exit 9"], false),
+            &NO_IO,
+            false,
+        )
+        .await
+        .expect("started");
+    assert!(bg.pid > 0);
+    let w = tokio::time::timeout(BACKSTOP, c.wait("ctr", "r4"))
+        .await
+        .expect("exit routed")
+        .unwrap();
+    assert_eq!(w.exit_status, 9);
+}

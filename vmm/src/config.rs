@@ -19,12 +19,15 @@ pub const MIN_MEM_MIB: u64 = 16;
 /// Largest guest memory, in MiB (64 GiB).
 pub const MAX_MEM_MIB: u64 = 64 * 1024;
 
-/// Kernel command line used when none is given. `reboot=k` makes `reboot` go
-/// through the i8042 so it reaches us as a reset; `panic=1` turns a guest panic
-/// into a reset instead of a hang; `earlyprintk` so that a guest stuck before its console
-/// driver registers still shows how far it got.
+/// Kernel command line used when none is given. `quiet` because every console byte is a
+/// trapped port write: a stock kernel's 21 KB of boot chatter cost 41k exits and made boot
+/// 1.76x slower (nested node). It keeps what a failure needs: `quiet` is console loglevel 4,
+/// so errors, every panic line and oops header still reach the console (and the Failed
+/// record's tail). `reboot=k` makes `reboot` go through the i8042 so it reaches us as a
+/// reset; `panic=1` turns a guest panic into a reset instead of a hang; `earlyprintk` so that
+/// a guest stuck before its console driver registers still shows how far it got.
 pub const DEFAULT_CMDLINE: &str =
-    "earlyprintk=serial,ttyS0 console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd";
+    "quiet earlyprintk=serial,ttyS0 console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd";
 
 const EXIT_CONTRACT: &str = "\
 EXIT STATUS:
@@ -52,7 +55,7 @@ pub struct Cli {
     /// Initramfs (cpio, optionally compressed) loaded high in guest memory.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
-    /// Kernel command line. Default: "earlyprintk=serial,ttyS0 console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd".
+    /// Kernel command line. Default: "quiet earlyprintk=serial,ttyS0 console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd".
     /// box-vmm appends `virtio_mmio.device=` entries for its devices.
     #[arg(long, value_name = "STRING")]
     pub cmdline: Option<String>,
@@ -383,6 +386,18 @@ fn is_readable_file(p: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_command_line_is_quiet() {
+        // Console output is the costliest exit of a boot: the default keeps it to errors.
+        let words: Vec<&str> = DEFAULT_CMDLINE.split_whitespace().collect();
+        assert!(words.contains(&"quiet"), "{DEFAULT_CMDLINE}");
+        assert!(
+            !words.iter().any(|w| w.starts_with("loglevel=")),
+            "{DEFAULT_CMDLINE}"
+        );
+        assert!(words.contains(&"panic=1"), "{DEFAULT_CMDLINE}");
+    }
 
     fn tmpfile(name: &str) -> PathBuf {
         let p = std::env::temp_dir().join(format!("box-vmm-cfg-{}-{name}", std::process::id()));

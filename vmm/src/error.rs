@@ -132,8 +132,8 @@ pub enum Error {
     },
     #[error("guest memory setup failed")]
     Memory(#[source] vm_memory::GuestMemoryError),
-    #[error("guest memory region creation failed")]
-    MemoryRegion(#[source] vm_memory::mmap::FromRangesError),
+    #[error("guest memory region creation failed: {0}")]
+    MemoryRegion(String),
     #[error("loading the kernel into guest memory failed")]
     KernelLoad(#[source] linux_loader::loader::Error),
     #[error("writing boot parameters failed")]

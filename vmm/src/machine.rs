@@ -22,7 +22,7 @@ use crate::devices::Bus;
 use crate::error::{ConfigError, Error, Result, VmExit};
 use crate::event_loop::{EventHandler, EventLoop};
 use crate::kvm::caps;
-use crate::kvm::memory::create_guest_memory;
+use crate::kvm::memory::GuestRam;
 use crate::kvm::vcpu::{install_kick_handler, kick_signal, Vcpu};
 use crate::kvm::vm::Vm;
 
@@ -35,6 +35,8 @@ pub struct Machine {
     vcpus: Vec<Vcpu>,
     handlers: Vec<Box<dyn EventHandler>>,
     seccomp: bool,
+    /// Last: dropped after every holder of a `mem` clone.
+    ram: GuestRam,
 }
 
 /// A tiny guest program for tests: raw x86-64 machine code started in long mode.
@@ -88,6 +90,7 @@ struct Common {
     mem: GuestMemoryMmap,
     io_bus: Bus,
     mmio_bus: Bus,
+    ram: GuestRam,
 }
 
 fn build_common(
@@ -98,7 +101,21 @@ fn build_common(
 ) -> Result<Common> {
     let kvm = caps::open_kvm(irqchip)?;
     let vm = Vm::new(kvm, irqchip)?;
-    let mem = create_guest_memory(mem_bytes)?;
+    let ram = GuestRam::new(mem_bytes)?;
+    for r in ram.layout() {
+        tracing::debug!(
+            "guest RAM {:#x}+{:#x} at host {:#x}: {}",
+            r.guest,
+            r.len,
+            r.host,
+            if r.huge_page_capable() {
+                "2 MiB pages possible"
+            } else {
+                "4 KiB pages only"
+            }
+        );
+    }
+    let mem = ram.memory().clone();
     vm.register_memory(&mem)?;
 
     let serial_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
@@ -146,6 +163,7 @@ fn build_common(
         mem,
         io_bus,
         mmio_bus: Bus::new(),
+        ram,
     })
 }
 
@@ -223,6 +241,7 @@ impl Machine {
         Ok(Machine {
             vm: c.vm,
             mem: c.mem,
+            ram: c.ram,
             io_bus,
             mmio_bus,
             vcpus,
@@ -258,6 +277,7 @@ impl Machine {
         Ok(Machine {
             vm: c.vm,
             mem: c.mem,
+            ram: c.ram,
             io_bus: c.io_bus,
             mmio_bus,
             vcpus,
@@ -283,6 +303,7 @@ impl Machine {
             vcpus,
             handlers,
             seccomp,
+            ram,
         } = self;
         let stop = Arc::new(AtomicBool::new(false));
         let stopped_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
@@ -357,7 +378,14 @@ impl Machine {
             // A vCPU still inside KVM_RUN may touch guest memory: never unmap it
             // under its feet. The process is about to exit anyway.
             std::mem::forget(mem);
+            std::mem::forget(ram);
             std::mem::forget(vm);
+        } else {
+            // Every holder of guest memory (devices in the buses and the event loop's
+            // handlers) goes before the mappings do.
+            drop(ev_loop);
+            drop((io_bus, mmio_bus, mem));
+            drop(ram);
         }
         loop_result?;
         exit.ok_or(Error::VcpuThread)

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use crate::node::{self, NodeSpec};
-use crate::{images, paths, product};
+use crate::{images, product};
 
 const GREETING: &str = "hello from a microVM";
 
@@ -29,11 +29,11 @@ pub fn run() -> Result<i32> {
         None => {
             println!("demo: running directly on this host's KVM");
             let i = images::build()?;
-            let status = Command::new(paths::target_dir().join("debug/box"))
+            let status = Command::new(&p.box_cli)
                 .args(["run", "--rm"])
                 .arg(&i.oci_layout)
                 .args(["--", "echo", GREETING])
-                .env("BOX_KERNEL", &i.kernel.bzimage)
+                .env("BOX_KERNEL", &i.kernel.vmlinux)
                 .env("BOX_INITRD", &i.initramfs)
                 .status()
                 .context("running box")?;

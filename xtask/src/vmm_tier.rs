@@ -16,7 +16,6 @@
 use crate::kernel::{self, Kernel};
 use crate::node::{self, NodeSpec};
 use crate::tree::Tree;
-use crate::util::{cargo, run as run_cmd};
 use crate::{host, paths};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -80,41 +79,18 @@ impl Artifacts {
     }
 }
 
-/// Builds box-vmm (release), the static probe and the guest initramfs.
+/// Builds box-vmm and the probe (static release, with the init: see `ci::build_static`) and
+/// the guest initramfs.
 pub fn prepare() -> Result<Artifacts> {
     host::ensure_node_tools()?;
-    run_cmd(cargo().args(["build", "--release", "-p", "box-vmm", "--bin", "box-vmm"]))?;
-    let vmm = paths::target_dir().join("release/box-vmm");
-    let probe = build_probe()?;
+    let bins = crate::ci::build_static()?;
     let kernel = kernel::fetch()?;
-    let initrd = guest_initrd(&kernel, &probe)?;
-    Ok(Artifacts { vmm, probe, initrd })
-}
-
-/// `box-vmm-probe`, static (glibc with +crt-static: no musl target here), as ci.rs builds
-/// box-init: same target and flags, so the two share their dependency builds.
-fn build_probe() -> Result<PathBuf> {
-    let target = "x86_64-unknown-linux-gnu";
-    run_cmd(
-        cargo()
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "box-tests",
-                "--bin",
-                "box-vmm-probe",
-            ])
-            .args(["--target", target])
-            .env("RUSTFLAGS", "-C target-feature=+crt-static"),
-    )?;
-    let bin = paths::target_dir()
-        .join(target)
-        .join("release/box-vmm-probe");
-    if !host::is_static_elf(&bin) {
-        bail!("{} is not static; the guest has no libc", bin.display());
-    }
-    Ok(bin)
+    let initrd = guest_initrd(&kernel, &bins.probe)?;
+    Ok(Artifacts {
+        vmm: bins.vmm,
+        probe: bins.probe,
+        initrd,
+    })
 }
 
 /// The L2 guest's /init. Its mode comes from `box.test=` on the kernel command line:

@@ -1,17 +1,25 @@
-//! Box's own sandbox-level service: health (readiness) and orderly shutdown.
+//! Box's own sandbox-level service: health (readiness), orderly shutdown, and the one-call
+//! exec path (RunProcess).
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 use ttrpc::r#async::TtrpcContext;
 
 use super::signals::ShutdownCause;
-use crate::api::agent::{HealthRequest, HealthResponse, ShutdownRequest, ShutdownResponse};
+use super::streams::DEFINE_WAIT;
+use super::task::{ProcessRequest, TaskError, Tasks};
+use crate::api::agent::{
+    HealthRequest, HealthResponse, RunProcessRequest, RunProcessResponse, ShutdownRequest,
+    ShutdownResponse,
+};
 
 pub struct AgentService {
     pub started: Instant,
     pub shutdown: mpsc::UnboundedSender<ShutdownCause>,
+    pub tasks: Arc<Tasks>,
 }
 
 #[async_trait]
@@ -33,5 +41,52 @@ impl crate::api::agent::Agent for AgentService {
             grace_ms: req.grace_ms,
         });
         Ok(ShutdownResponse::default())
+    }
+
+    async fn run_process(
+        &self,
+        _: &TtrpcContext,
+        req: RunProcessRequest,
+    ) -> ttrpc::Result<RunProcessResponse> {
+        let spec = serde_json::from_slice(&req.process)
+            .map_err(|e| TaskError::InvalidArgument(format!("process spec: {e}")))?;
+        // The Task service's stream names: non-empty means wanted.
+        let name = |on: bool, s: &str| {
+            if on {
+                format!("{}-{s}", req.exec_id)
+            } else {
+                String::new()
+            }
+        };
+        let pr = ProcessRequest {
+            container_id: req.container_id.clone(),
+            exec_id: req.exec_id.clone(),
+            terminal: req.terminal,
+            io_names: [
+                name(req.stdin, "stdin"),
+                name(req.stdout && !req.terminal, "stdout"),
+                name(req.stderr && !req.terminal, "stderr"),
+            ],
+        };
+        let attach_within = match req.attach_timeout_ms {
+            0 => DEFINE_WAIT,
+            ms => Duration::from_millis(ms.into()),
+        };
+        let (pid, exit) = self
+            .tasks
+            .run_process(pr, spec, attach_within, req.wait)
+            .await?;
+        let mut resp = RunProcessResponse {
+            pid,
+            ..Default::default()
+        };
+        if let Some(exit) = exit {
+            resp.exit_status = exit.status;
+            resp.exited_at_ns = exit
+                .exited_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+        }
+        Ok(resp)
     }
 }

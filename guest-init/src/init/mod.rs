@@ -136,6 +136,7 @@ async fn serve(config: &Config, listeners: Listeners, started: Instant) -> Resul
     let agent = agent::AgentService {
         started,
         shutdown: shutdown_tx,
+        tasks: tasks.clone(),
     };
     let mut server = ttrpc::r#async::Server::new()
         .add_listener(

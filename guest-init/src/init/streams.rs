@@ -12,6 +12,9 @@ use crate::api::stream::{read_line, StreamHello, StreamKind};
 
 /// A client that connects and never says hello must not hold a task forever.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// A host opens a process's streams while it defines the process (one round trip instead of
+/// two): a hello may arrive first and waits this long for its process.
+pub const DEFINE_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -36,15 +39,16 @@ async fn handle(mut conn: BoxConn, kind: Kind, tasks: Arc<Tasks>) {
         Ok(Err(e)) => Err(format!("reading hello: {e}")),
         Err(_) => Err("no hello within the timeout".to_string()),
     };
-    let slot = hello.and_then(|h| {
-        let on_pty_port = h.stream == StreamKind::Pty;
-        if on_pty_port != (kind == Kind::Pty) {
-            return Err(format!("{:?} stream on the {kind:?} listener", h.stream));
+    let slot = match hello {
+        Ok(h) if (h.stream == StreamKind::Pty) != (kind == Kind::Pty) => {
+            Err(format!("{:?} stream on the {kind:?} listener", h.stream))
         }
-        tasks
-            .stream_slot(&h.container_id, &h.exec_id, h.stream)
-            .map_err(|e| e.to_string())
-    });
+        Ok(h) => tasks
+            .stream_slot_when_defined(&h.container_id, &h.exec_id, h.stream, DEFINE_WAIT)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
     match slot {
         Ok(slot) => {
             if conn.write_all(b"OK\n").await.is_ok() {

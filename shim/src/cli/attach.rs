@@ -46,6 +46,8 @@ pub struct Streams {
     stderr: Option<UnixStream>,
 }
 
+/// Opens the process's streams, all at once (each is a connect and a hello: concurrently,
+/// that is two round trips whatever the count).
 pub async fn open_streams(
     c: &GuestClient,
     id: &str,
@@ -60,16 +62,25 @@ pub async fn open_streams(
             stderr: None,
         });
     }
-    let stdin = if mode.stdin {
-        Some(c.open_stream(id, exec_id, StreamKind::Stdin).await?)
-    } else {
-        None
+    let stdin = async {
+        match mode.stdin {
+            true => c
+                .open_stream(id, exec_id, StreamKind::Stdin)
+                .await
+                .map(Some),
+            false => Ok(None),
+        }
     };
+    let (stdin, stdout, stderr) = tokio::try_join!(
+        stdin,
+        c.open_stream(id, exec_id, StreamKind::Stdout),
+        c.open_stream(id, exec_id, StreamKind::Stderr),
+    )?;
     Ok(Streams {
         pty: None,
         stdin,
-        stdout: Some(c.open_stream(id, exec_id, StreamKind::Stdout).await?),
-        stderr: Some(c.open_stream(id, exec_id, StreamKind::Stderr).await?),
+        stdout: Some(stdout),
+        stderr: Some(stderr),
     })
 }
 
@@ -172,11 +183,78 @@ where
             c.resize_pty(id, exec_id, cols, rows).await?;
         }
     }
-    // Signals to this client are the container's, as docker's sig-proxy does it: forwarded,
-    // so that the normal path below records the exit (and `--rm` removes the sandbox). ^C
-    // with a terminal arrives through the pty instead. A hangup means nobody is attached any
-    // more: the process gets SIGHUP, and SIGKILL after the grace if it ignores that. The
-    // handlers are registered before Start, so no signal finds this client undefended.
+    let forwarders = forward_signals(c, id, exec_id, mode);
+    start.await?;
+    let pumps = Pumps::connect(c, id, exec_id, mode, streams, forwarders);
+    let status = c.wait(id, exec_id).await?.exit_status;
+    pumps.drain(id, exec_id).await;
+    Ok(status)
+}
+
+/// `box exec` attached, in one RunProcess call: the exec is defined, its streams opened
+/// concurrently with the call (guest-init starts the process once they are attached), and
+/// the call answers at the exit with the exec already gone. Round trips on the critical path:
+/// the streams' connect and hello (concurrent with the call), then the exit.
+pub async fn run_exec(
+    c: &GuestClient,
+    id: &str,
+    exec_id: &str,
+    mode: IoMode,
+    process: serde_json::Value,
+) -> Result<u32, crate::cli::CliError> {
+    let began = std::time::Instant::now();
+    let _raw = if mode.tty {
+        tty::RawMode::enter(0)
+    } else {
+        None
+    };
+    // Registered before the process can start (it waits for the streams opened below).
+    let forwarders = forward_signals(c, id, exec_id, mode);
+    let run = {
+        let (c, id, exec_id) = (c.clone(), id.to_string(), exec_id.to_string());
+        tokio::spawn(async move {
+            c.run_process(&id, &exec_id, &process, &mode.request(), true)
+                .await
+        })
+    };
+    let streams = match open_streams(c, id, exec_id, mode).await {
+        Ok(s) => s,
+        Err(e) => {
+            // The guest forgets an exec whose streams never come; this client stops waiting.
+            run.abort();
+            return Err(e.into());
+        }
+    };
+    tracing::info!("exec {exec_id}: streams attached at {:?}", began.elapsed());
+    let pumps = Pumps::connect(c, id, exec_id, mode, streams, forwarders);
+    let status = run
+        .await
+        .map_err(|e| crate::cli::CliError::Io(format!("exec {exec_id}: {e}")))??
+        .exit_status;
+    tracing::info!(
+        "exec {exec_id}: exit {status} reported at {:?}",
+        began.elapsed()
+    );
+    pumps.drain(id, exec_id).await;
+    tracing::info!(
+        "exec {exec_id}: output drained at {:?}; {} exchanges with the guest",
+        began.elapsed(),
+        c.exchanges()
+    );
+    Ok(status)
+}
+
+/// Signals to this client are the container's, as docker's sig-proxy does it: forwarded, so
+/// that the normal path records the exit (and `--rm` removes the sandbox). ^C with a terminal
+/// arrives through the pty instead. A hangup means nobody is attached any more: the process
+/// gets SIGHUP, and SIGKILL after the grace if it ignores that. Register before the process
+/// starts, so no signal finds this client undefended.
+fn forward_signals(
+    c: &GuestClient,
+    id: &str,
+    exec_id: &str,
+    mode: IoMode,
+) -> Vec<tokio::task::JoinHandle<()>> {
     use tokio::signal::unix::SignalKind;
     let mut forwarded = vec![
         (SignalKind::terminate(), libc::SIGTERM),
@@ -206,65 +284,86 @@ where
             }
         }));
     }
-    start.await?;
+    forwarders
+}
 
-    let mut outputs = Vec::new();
-    let mut input_sink: Option<Box<dyn AsyncWrite + Unpin + Send>> = None;
-    if let Some(pty) = streams.pty {
-        let (r, w) = pty.into_split();
-        outputs.push(tokio::spawn(pump(r, tokio::io::stdout())));
-        input_sink = Some(Box::new(w));
-    }
-    if let Some(s) = streams.stdout {
-        outputs.push(tokio::spawn(pump(s, tokio::io::stdout())));
-    }
-    if let Some(s) = streams.stderr {
-        outputs.push(tokio::spawn(pump(s, tokio::io::stderr())));
-    }
-    let stdin_stream = streams.stdin;
+/// The copies between this client's stdio and the process's streams.
+struct Pumps {
+    outputs: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
 
-    let mut background = forwarders;
-    if let (true, Some(mut sink)) = (mode.stdin, input_sink) {
-        background.push(tokio::spawn(async move {
-            let mut rx = stdin_reader();
-            while let Some(chunk) = rx.recv().await {
-                if sink.write_all(&chunk).await.is_err() {
-                    return;
-                }
-                let _ = sink.flush().await;
-            }
-        }));
-    }
-    if let (true, Some(stream)) = (mode.stdin, stdin_stream) {
-        let (c2, id2, ex2) = (c.clone(), id.to_string(), exec_id.to_string());
-        background.push(tokio::spawn(forward_stdin(stream, c2, id2, ex2)));
-    }
-    if mode.tty {
-        let (c2, id2, ex2) = (c.clone(), id.to_string(), exec_id.to_string());
-        background.push(tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut winch) = signal(SignalKind::window_change()) else {
-                return;
-            };
-            while winch.recv().await.is_some() {
-                if let Some((cols, rows)) = tty::size(0).or_else(|| tty::size(1)) {
-                    let _ = c2.resize_pty(&id2, &ex2, cols, rows).await;
-                }
-            }
-        }));
-    }
-    let status = c.wait(id, exec_id).await?.exit_status;
-    let drained = tokio::time::timeout(DRAIN, async {
-        for o in outputs {
-            let _ = o.await;
+impl Pumps {
+    fn connect(
+        c: &GuestClient,
+        id: &str,
+        exec_id: &str,
+        mode: IoMode,
+        streams: Streams,
+        forwarders: Vec<tokio::task::JoinHandle<()>>,
+    ) -> Pumps {
+        let mut outputs = Vec::new();
+        let mut input_sink: Option<Box<dyn AsyncWrite + Unpin + Send>> = None;
+        if let Some(pty) = streams.pty {
+            let (r, w) = pty.into_split();
+            outputs.push(tokio::spawn(pump(r, tokio::io::stdout())));
+            input_sink = Some(Box::new(w));
         }
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!("output of {id}/{exec_id} still open {DRAIN:?} after its exit");
+        if let Some(s) = streams.stdout {
+            outputs.push(tokio::spawn(pump(s, tokio::io::stdout())));
+        }
+        if let Some(s) = streams.stderr {
+            outputs.push(tokio::spawn(pump(s, tokio::io::stderr())));
+        }
+        let mut background = forwarders;
+        if let (true, Some(mut sink)) = (mode.stdin, input_sink) {
+            background.push(tokio::spawn(async move {
+                let mut rx = stdin_reader();
+                while let Some(chunk) = rx.recv().await {
+                    if sink.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    let _ = sink.flush().await;
+                }
+            }));
+        }
+        if let (true, Some(stream)) = (mode.stdin, streams.stdin) {
+            let (c2, id2, ex2) = (c.clone(), id.to_string(), exec_id.to_string());
+            background.push(tokio::spawn(forward_stdin(stream, c2, id2, ex2)));
+        }
+        if mode.tty {
+            let (c2, id2, ex2) = (c.clone(), id.to_string(), exec_id.to_string());
+            background.push(tokio::spawn(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let Ok(mut winch) = signal(SignalKind::window_change()) else {
+                    return;
+                };
+                while winch.recv().await.is_some() {
+                    if let Some((cols, rows)) = tty::size(0).or_else(|| tty::size(1)) {
+                        let _ = c2.resize_pty(&id2, &ex2, cols, rows).await;
+                    }
+                }
+            }));
+        }
+        Pumps {
+            outputs,
+            background,
+        }
     }
-    for b in background {
-        b.abort();
+
+    /// After the exit: lets the output finish (bounded), then stops the input side.
+    async fn drain(self, id: &str, exec_id: &str) {
+        let drained = tokio::time::timeout(DRAIN, async {
+            for o in self.outputs {
+                let _ = o.await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("output of {id}/{exec_id} still open {DRAIN:?} after its exit");
+        }
+        for b in self.background {
+            b.abort();
+        }
     }
-    Ok(status)
 }

@@ -429,7 +429,13 @@ async fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32, CliError> {
             ))
         }
     };
-    let spec = sandbox::process_spec(&a.command, &env, &sb.record.config.cwd, a.tty, &user);
+    let mut spec = sandbox::process_spec(&a.command, &env, &sb.record.config.cwd, a.tty, &user);
+    if a.tty {
+        // The terminal has its size before the process starts (no resize race).
+        if let Some((cols, rows)) = tty::size(0).or_else(|| tty::size(1)) {
+            spec["consoleSize"] = serde_json::json!({"width": cols, "height": rows});
+        }
+    }
     let c = sb.client.clone();
     if a.detach {
         if a.interactive || a.tty {
@@ -437,20 +443,12 @@ async fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32, CliError> {
                 "exec -d cannot be combined with -i or -t".into(),
             ));
         }
-        c.exec(&id, &exec_id, &spec, &StdioRequest::default())
+        c.run_process(&id, &exec_id, &spec, &StdioRequest::default(), false)
             .await?;
-        c.start(&id, &exec_id).await?;
         return Ok(0);
     }
-    c.exec(&id, &exec_id, &spec, &mode.request()).await?;
-    let streams = attach::open_streams(&c, &id, &exec_id, mode).await?;
-    let start = async {
-        c.start(&id, &exec_id).await?;
-        Ok(())
-    };
-    let status = attach::run_attached(&c, &id, &exec_id, mode, streams, start).await;
-    let _ = c.delete(&id, &exec_id).await;
-    Ok(status? as i32)
+    let status = attach::run_exec(&c, &id, &exec_id, mode, spec).await?;
+    Ok(status as i32)
 }
 
 fn human(secs: u64) -> String {

@@ -54,6 +54,8 @@ pub struct Io {
     /// Set when the host closed an output connection while the process ran: its client is
     /// gone (killed, hung up), and nobody will ever read the process's output.
     hangup: watch::Sender<bool>,
+    /// Set once every wanted stream has a connection.
+    attached: watch::Sender<bool>,
 }
 
 fn dev_null(write: bool) -> nix::Result<OwnedFd> {
@@ -103,6 +105,7 @@ impl Io {
                 outputs: Mutex::new(outputs),
                 exited,
                 hangup,
+                attached: watch::channel(false).0,
             };
             return Ok((Arc::new(io), child));
         }
@@ -134,6 +137,7 @@ impl Io {
         };
         let stdout = output(wanted.stdout, StreamKind::Stdout, &mut slots)?;
         let stderr = output(wanted.stderr, StreamKind::Stderr, &mut slots)?;
+        let attached = watch::channel(slots.is_empty()).0;
         let io = Io {
             slots: Mutex::new(slots),
             wanted_kinds,
@@ -142,6 +146,7 @@ impl Io {
             outputs: Mutex::new(outputs),
             exited,
             hangup,
+            attached,
         };
         Ok((
             Arc::new(io),
@@ -158,16 +163,25 @@ impl Io {
     /// the connection. If the pump has already given up (process long gone), the connection
     /// just closes, which the host reads as EOF.
     pub fn take_slot(&self, kind: StreamKind) -> Result<oneshot::Sender<BoxConn>, AttachError> {
-        let tx = self
-            .slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&kind);
+        let tx = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = slots.remove(&kind);
+            if slots.is_empty() {
+                self.attached.send_replace(true);
+            }
+            tx
+        };
         match tx {
             Some(tx) => Ok(tx),
             None if self.wanted_kinds.contains(&kind) => Err(AttachError::AlreadyAttached(kind)),
             None => Err(AttachError::NotWanted(kind)),
         }
+    }
+
+    /// Resolves once every wanted stream has been claimed by a connection.
+    pub async fn all_attached(&self) {
+        let mut rx = self.attached.subscribe();
+        let _ = rx.wait_for(|a| *a).await;
     }
 
     /// Resolves when the host hung up on an output stream while the process ran.

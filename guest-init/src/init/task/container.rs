@@ -10,7 +10,7 @@ use containerd_shim_protos::events::task::{TaskExecStarted, TaskExit, TaskOOM, T
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use oci_spec::runtime::{Process as OciProcess, Spec};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::process::{Phase, Process};
 use super::TaskError;
@@ -78,6 +78,33 @@ pub struct Tasks {
     registry: Arc<Registry>,
     events: Arc<Events>,
     drain_grace: Duration,
+    /// Bumped whenever a container or an exec is defined: a stream that arrived before its
+    /// process (the host opens both at once) waits on it.
+    defined: watch::Sender<u64>,
+}
+
+/// Retries `lookup` while it answers NotFound, each time `defined` is bumped, for at most
+/// `within`; then its last answer stands.
+async fn when_defined<T>(
+    defined: &watch::Sender<u64>,
+    within: Duration,
+    lookup: impl Fn() -> Result<T, TaskError>,
+) -> Result<T, TaskError> {
+    let mut rx = defined.subscribe();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        // Marked seen before the lookup: a definition after it is a change to wait for.
+        rx.borrow_and_update();
+        match lookup() {
+            Err(TaskError::NotFound(what)) => {
+                match tokio::time::timeout_at(deadline, rx.changed()).await {
+                    Ok(Ok(())) => continue,
+                    _ => return Err(TaskError::NotFound(what)),
+                }
+            }
+            other => return other,
+        }
+    }
 }
 
 fn internal(what: &str) -> impl Fn(String) -> TaskError + '_ {
@@ -91,6 +118,7 @@ impl Tasks {
             registry,
             events,
             drain_grace,
+            defined: watch::channel(0).0,
         }
     }
 
@@ -127,6 +155,21 @@ impl Tasks {
             .io
             .take_slot(kind)
             .map_err(|e| TaskError::FailedPrecondition(e.to_string()))
+    }
+
+    /// [`Tasks::stream_slot`], for a stream that may arrive before its process is defined:
+    /// waits up to `within` for the definition.
+    pub async fn stream_slot_when_defined(
+        &self,
+        id: &str,
+        exec_id: &str,
+        kind: StreamKind,
+        within: Duration,
+    ) -> Result<oneshot::Sender<BoxConn>, TaskError> {
+        when_defined(&self.defined, within, || {
+            self.stream_slot(id, exec_id, kind)
+        })
+        .await
     }
 
     /// Forks `proc` held; a finisher task publishes its exit once its output has drained,
@@ -306,6 +349,7 @@ impl Tasks {
             seccomp,
         });
         self.map().insert(id, container);
+        self.defined.send_modify(|n| *n += 1);
         Ok(pid.as_raw() as u32)
     }
 
@@ -322,6 +366,16 @@ impl Tasks {
         let req = ProcessRequest { terminal, ..req };
         let (io, stdio) = Io::new(req.wanted(), self.drain_grace)
             .map_err(|e| internal("stdio")(e.to_string()))?;
+        // The OCI spec's consoleSize: the terminal has its size before the process starts.
+        if let (Some(master), Some(size)) = (&io.pty, spec.console_size()) {
+            let clamp = |v: u64| v.min(u16::MAX as u64) as u16;
+            crate::init::process::pty::resize(
+                master.fd(),
+                clamp(size.width()),
+                clamp(size.height()),
+            )
+            .map_err(|e| internal("consoleSize")(e.to_string()))?;
+        }
         let ns = c
             .mnt_ns
             .try_clone()
@@ -346,6 +400,8 @@ impl Tasks {
             Phase::Defined(Some(Box::new(launch))),
         );
         execs.insert(req.exec_id.clone(), p);
+        drop(execs);
+        self.defined.send_modify(|n| *n += 1);
         Ok(())
     }
 
@@ -407,6 +463,60 @@ impl Tasks {
         // Only now may the finisher publish TaskExit: it always follows TaskStart.
         p.set_started(true);
         Ok(pid.as_raw() as u32)
+    }
+
+    /// The short path for one exec ([`crate::init::agent`]'s RunProcess): define it, start
+    /// it once every stream it wants is attached (so no output can be missed), and with
+    /// `wait` wait for its exit and forget it. Whatever fails after the definition removes the
+    /// exec again; the exit is awaited on a task of its own, so a client that goes away
+    /// mid-wait still leaves nothing behind.
+    pub async fn run_process(
+        self: &Arc<Self>,
+        req: ProcessRequest,
+        spec: OciProcess,
+        attach_within: Duration,
+        wait: bool,
+    ) -> Result<(u32, Option<Exit>), TaskError> {
+        let (id, exec_id) = (req.container_id.clone(), req.exec_id.clone());
+        self.exec(req, spec).await?;
+        let forget = |tasks: &Tasks| {
+            if let Ok(c) = tasks.container(&id) {
+                c.execs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&exec_id);
+            }
+        };
+        let p = self.process(&id, &exec_id)?;
+        if tokio::time::timeout(attach_within, p.io.all_attached())
+            .await
+            .is_err()
+        {
+            forget(self);
+            return Err(TaskError::FailedPrecondition(format!(
+                "{id:?}/{exec_id:?}: its streams were not attached within {attach_within:?}"
+            )));
+        }
+        let pid = match self.start(&id, &exec_id).await {
+            Ok(pid) => pid,
+            Err(e) => {
+                forget(self);
+                return Err(e);
+            }
+        };
+        if !wait {
+            return Ok((pid, None));
+        }
+        let tasks = self.clone();
+        let waiter = tokio::spawn(async move {
+            let exit = tasks.wait(&id, &exec_id).await;
+            let _ = tasks.delete(&id, &exec_id).await;
+            exit
+        });
+        let exit = waiter
+            .await
+            .map_err(|e| TaskError::Internal(format!("wait task: {e}")))??;
+        Ok((pid, Some(exit)))
     }
 
     pub fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> Result<(), TaskError> {
@@ -533,4 +643,49 @@ fn task_exit(p: &Process, exit: Exit) -> TaskExit {
     ev.exit_status = exit.status;
     ev.exited_at = Some(timestamp(exit.exited_at)).into();
     ev
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lookup_waits_for_its_definition() {
+        let defined = Arc::new(watch::channel(0u64).0);
+        let present = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let (defined, present) = (defined.clone(), present.clone());
+            tokio::spawn(async move {
+                when_defined(&defined, Duration::from_secs(30), || {
+                    match present.load(Ordering::SeqCst) {
+                        true => Ok(7),
+                        false => Err(TaskError::NotFound("exec".into())),
+                    }
+                })
+                .await
+            })
+        };
+        // On this single-threaded runtime the waiter runs to its wait here.
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "gave up before the definition");
+        present.store(true, Ordering::SeqCst);
+        defined.send_modify(|n| *n += 1);
+        assert_eq!(waiter.await.unwrap().unwrap(), 7);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lookup_gives_up_after_the_deadline_and_other_errors_are_immediate() {
+        let defined = watch::channel(0u64).0;
+        let r = when_defined(&defined, Duration::from_millis(20), || {
+            Err::<(), _>(TaskError::NotFound("exec x".into()))
+        })
+        .await;
+        assert!(matches!(r, Err(TaskError::NotFound(w)) if w == "exec x"));
+        let r = when_defined(&defined, Duration::from_secs(30), || {
+            Err::<(), _>(TaskError::FailedPrecondition("attached".into()))
+        })
+        .await;
+        assert!(matches!(r, Err(TaskError::FailedPrecondition(_))));
+    }
 }

@@ -6,7 +6,7 @@ mod container;
 mod process;
 pub mod service;
 
-pub use container::{CreateRequest, Tasks};
+pub use container::{CreateRequest, ProcessRequest, Tasks};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
