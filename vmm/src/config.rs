@@ -26,8 +26,14 @@ pub const MAX_MEM_MIB: u64 = 64 * 1024;
 /// record's tail). `reboot=k` makes `reboot` go through the i8042 so it reaches us as a
 /// reset; `panic=1` turns a guest panic into a reset instead of a hang; `earlyprintk` so that
 /// a guest stuck before its console driver registers still shows how far it got.
+///
+/// `cryptomgr.notests`: Debian's kernel runs the crypto self-tests at every boot; skipping
+/// them took boot to userspace from 4.7 s to 3.6 s in the nested node (3 runs each,
+/// alternated). Other usual microVM parameters were tried and left out because they made
+/// boot slower there, not faster: `8250.nr_uarts=1 rcupdate.rcu_expedited=1 no_timer_check
+/// tsc=reliable` together gave 4.3-4.8 s against 3.6 s without them.
 pub const DEFAULT_CMDLINE: &str =
-    "quiet earlyprintk=serial,ttyS0 console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd";
+    "quiet cryptomgr.notests earlyprintk=serial,ttyS0 console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd";
 
 const EXIT_CONTRACT: &str = "\
 EXIT STATUS:
@@ -55,7 +61,7 @@ pub struct Cli {
     /// Initramfs (cpio, optionally compressed) loaded high in guest memory.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
-    /// Kernel command line. Default: "quiet earlyprintk=serial,ttyS0 console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd".
+    /// Kernel command line. Default: "quiet cryptomgr.notests earlyprintk=serial,ttyS0 console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.dumbkbd".
     /// box-vmm appends `virtio_mmio.device=` entries for its devices.
     #[arg(long, value_name = "STRING")]
     pub cmdline: Option<String>,
@@ -397,6 +403,7 @@ mod tests {
             "{DEFAULT_CMDLINE}"
         );
         assert!(words.contains(&"panic=1"), "{DEFAULT_CMDLINE}");
+        assert!(words.contains(&"cryptomgr.notests"), "{DEFAULT_CMDLINE}");
     }
 
     fn tmpfile(name: &str) -> PathBuf {

@@ -6,6 +6,7 @@
 //! Then, on SIGTERM or the Shutdown call, terminate everything and power off (or exit).
 
 pub mod agent;
+pub mod boot_timer;
 pub mod cgroup;
 pub mod config;
 pub mod events;
@@ -86,8 +87,14 @@ pub fn run(config: Config) -> Result<(), InitError> {
     ensure_std_fds();
     signals::block().map_err(|e| InitError::Io("blocking signals", e.into()))?;
     mount::mount_early(&config.mode)?;
+    // Before any thread or child exists (see boot_timer), dropped before the runtime starts.
+    let timer = boot_timer::Timer::new(config.mode == Mode::Vm);
+    timer.mark(boot_timer::Milestone::InitStarted);
     let loaded = modules::load_listed(&config.modules_file)?;
+    timer.mark(boot_timer::Milestone::ModulesLoaded);
     let listeners = transport::bind_all(&config.mode)?;
+    timer.mark(boot_timer::Milestone::ListenersBound);
+    drop(timer);
     tracing::info!(modules = loaded, "listeners bound");
     if config.mode == Mode::Vm {
         cgroup::setup();

@@ -158,6 +158,9 @@ pub struct MicroVm {
     pub vmm: PathBuf,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
+    /// `$BOX_BOOT_TIMER=1`: box-vmm logs the boot's milestones (its own start, then
+    /// guest-init's) to the sandbox's vmm log, for `cargo xtask bench`.
+    pub boot_timer: bool,
 }
 
 impl MicroVm {
@@ -175,6 +178,7 @@ impl MicroVm {
             vmm: program("BOX_VMM", "box-vmm"),
             kernel: env_path("BOX_KERNEL").unwrap_or_else(|| images.join("vmlinux")),
             initrd: env_path("BOX_INITRD").unwrap_or_else(|| images.join("initramfs.cpio.gz")),
+            boot_timer: std::env::var_os("BOX_BOOT_TIMER").is_some_and(|v| v == "1"),
         }
     }
 }
@@ -307,6 +311,9 @@ impl Backend for MicroVm {
             .arg("3")
             .arg("--console")
             .arg(&p.console);
+        if self.boot_timer {
+            cmd.arg("--boot-timer");
+        }
         spawn_logged(&mut cmd, log)?.map_err(|e| {
                 SandboxError::Preflight(format!(
                     "cannot run box-vmm ({}): {e}; build it with `cargo build -p box-vmm` or set BOX_VMM",

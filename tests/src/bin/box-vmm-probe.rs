@@ -12,7 +12,10 @@
 //! box-vmm-probe uds-connect UDS PORT BYTES    host: CONNECT PORT through box-vmm's socket, echo BYTES
 //! box-vmm-probe uds-echo PATH                 host: listen on PATH (`<uds>_<port>`), echo one connection
 //! box-vmm-probe boot-time MARKER SECS -- CMD  host: run CMD, time to the first stdout line holding
-//!                                             MARKER, sample its VmRSS/VmHWM then
+//!                                             MARKER and to its exit, sample its memory and
+//!                                             its VM's KVM counters at the marker (CMD's
+//!                                             stderr is the probe's)
+//! box-vmm-probe wall -- CMD                    host: run CMD, print its wall time and exit code
 //! ```
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -44,6 +47,7 @@ fn dispatch(args: &[&str]) -> Res<()> {
         ["boot-time", marker, secs, "--", cmd @ ..] if !cmd.is_empty() => {
             boot_time(marker, num(secs)?, cmd)
         }
+        ["wall", "--", cmd @ ..] if !cmd.is_empty() => wall(cmd),
         _ => Err("usage: see the comment at the top of tests/src/bin/box-vmm-probe.rs".into()),
     }
 }
@@ -232,15 +236,22 @@ fn uds_echo(path: &str) -> Res<()> {
     Ok(())
 }
 
-/// Runs `cmd`, prints `probe: boot-time ms=<first MARKER line> rss_kb=.. hwm_kb=.. exit=..`.
-/// After the marker, the process gets `secs` to exit on its own, then it is killed.
+/// Runs `cmd`, prints `probe: boot-time ms=<first MARKER line> exit_ms=.. rss_kb=.. hwm_kb=..
+/// overhead_kb=.. <kvm stats> exit=..`. After the marker, the process gets `secs` to exit on
+/// its own, then it is killed. Memory and KVM's counters are sampled when the marker shows:
+/// `overhead_kb` is the VMM's resident memory outside guest RAM (every mapping smaller than
+/// `$PROBE_GUEST_MIB`, default 256), the KVM counters are the VM's in debugfs (when mounted).
 fn boot_time(marker: &str, secs: u64, cmd: &[&str]) -> Res<()> {
+    let guest_mib: u64 = std::env::var("PROBE_GUEST_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
     let start = Instant::now();
     let mut child = Command::new(cmd[0])
         .args(&cmd[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| format!("spawn {}: {e}", cmd[0]))?;
     let pid = child.id();
@@ -259,28 +270,101 @@ fn boot_time(marker: &str, secs: u64, cmd: &[&str]) -> Res<()> {
     });
     let up = rx.recv_timeout(Duration::from_secs(120));
     let (rss, hwm) = mem_kb(pid);
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let code = loop {
-        match child.try_wait().map_err(|e| e.to_string())? {
-            Some(st) => break st.code().map_or("signal".to_string(), |c| c.to_string()),
-            None if Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break "killed".to_string();
-            }
-            None => std::thread::sleep(Duration::from_millis(20)),
+    let overhead = overhead_kb(pid, guest_mib << 10);
+    let kvm = kvm_stats(pid);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let st = child.wait();
+        let _ = done_tx.send((st, start.elapsed()));
+    });
+    let (code, exit_ms) = match done_rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok((Ok(st), t)) => (
+            st.code().map_or("signal".to_string(), |c| c.to_string()),
+            t.as_millis(),
+        ),
+        Ok((Err(e), _)) => return Err(format!("wait: {e}")),
+        Err(_) => {
+            // SAFETY: plain kill(2) of our own child, which has not been reaped (its waiter
+            // is still blocked in wait).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            ("killed".to_string(), 0)
         }
     };
     match up {
         Ok(t) => {
             println!(
-                "probe: boot-time ms={} rss_kb={rss} hwm_kb={hwm} exit={code}",
+                "probe: boot-time ms={} exit_ms={exit_ms} rss_kb={rss} hwm_kb={hwm} overhead_kb={overhead} {kvm} exit={code}",
                 t.as_millis()
             );
             Ok(())
         }
         Err(_) => Err(format!("no `{marker}` line (exit {code})")),
     }
+}
+
+/// Resident kB of every mapping smaller than `guest_kb` (guest RAM is the big ones).
+fn overhead_kb(pid: u32, guest_kb: u64) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let (mut total, mut size) = (0u64, 0u64);
+    for l in smaps.lines() {
+        let kb = |l: &str, k: &str| -> Option<u64> {
+            l.strip_prefix(k)?.split_whitespace().next()?.parse().ok()
+        };
+        if let Some(v) = kb(l, "Size:") {
+            size = v;
+        } else if let Some(v) = kb(l, "Rss:") {
+            if size < guest_kb {
+                total += v;
+            }
+        }
+    }
+    total
+}
+
+/// KVM's counters for the VM of `pid`, from debugfs (`<pid>-<fd>/`), as `key=value` words.
+fn kvm_stats(pid: u32) -> String {
+    const KEYS: &[&str] = &[
+        "exits",
+        "io_exits",
+        "mmio_exits",
+        "halt_exits",
+        "irq_exits",
+        "pf_fixed",
+        "pages_4k",
+        "pages_2m",
+    ];
+    let prefix = format!("{pid}-");
+    let dir = std::fs::read_dir("/sys/kernel/debug/kvm")
+        .ok()
+        .and_then(|d| {
+            d.flatten()
+                .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        });
+    let Some(dir) = dir else {
+        return "kvm=none".into();
+    };
+    KEYS.iter()
+        .map(|k| {
+            let v = std::fs::read_to_string(dir.path().join(k)).unwrap_or_default();
+            format!("kvm_{k}={}", v.trim())
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs `cmd` (stdio inherited) and prints `probe: wall ms=.. exit=..`.
+fn wall(cmd: &[&str]) -> Res<()> {
+    let start = Instant::now();
+    let st = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .status()
+        .map_err(|e| format!("spawn {}: {e}", cmd[0]))?;
+    println!(
+        "probe: wall ms={} exit={}",
+        start.elapsed().as_millis(),
+        st.code().map_or("signal".to_string(), |c| c.to_string())
+    );
+    Ok(())
 }
 
 fn mem_kb(pid: u32) -> (u64, u64) {
