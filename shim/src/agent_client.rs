@@ -105,15 +105,33 @@ impl ClientError {
 impl Endpoint {
     /// A fresh byte stream to `port`.
     pub async fn connect(&self, port: Port) -> Result<UnixStream, ClientError> {
+        self.connect_with(port, &[]).await
+    }
+
+    /// A fresh byte stream to `port`, with `first` already sent on it. Through box-vmm the
+    /// bytes go out with the `CONNECT` line, in the same write (box-vmm holds what follows the
+    /// line for the guest until it accepted): the handshake and the first message cost one
+    /// round trip, not two.
+    pub async fn connect_with(&self, port: Port, first: &[u8]) -> Result<UnixStream, ClientError> {
         match self {
             Endpoint::SocketDir(dir) => {
                 let path = dir.join(port.socket_name());
-                UnixStream::connect(&path)
-                    .await
-                    .map_err(|source| ClientError::Connect {
-                        what: path.display().to_string(),
-                        source,
-                    })
+                let mut s =
+                    UnixStream::connect(&path)
+                        .await
+                        .map_err(|source| ClientError::Connect {
+                            what: path.display().to_string(),
+                            source,
+                        })?;
+                if !first.is_empty() {
+                    s.write_all(first)
+                        .await
+                        .map_err(|source| ClientError::Connect {
+                            what: path.display().to_string(),
+                            source,
+                        })?;
+                }
+                Ok(s)
             }
             Endpoint::HybridVsock(uds) => {
                 let mut s =
@@ -124,7 +142,9 @@ impl Endpoint {
                             source,
                         })?;
                 let p = port.vsock_port();
-                s.write_all(format!("CONNECT {p}\n").as_bytes())
+                let mut out = format!("CONNECT {p}\n").into_bytes();
+                out.extend_from_slice(first);
+                s.write_all(&out)
                     .await
                     .map_err(|source| ClientError::Connect {
                         what: format!("{} port {p}", uds.display()),
@@ -146,6 +166,34 @@ impl Endpoint {
                 Ok(s)
             }
         }
+    }
+
+    /// Opens one stdio or pty stream of a process: after this returns the connection carries
+    /// that stream's raw bytes. The hello goes out with the connect (one round trip); the
+    /// guest answers once the process is defined, so this may run before the call defining it.
+    pub async fn open_stream(
+        &self,
+        id: &str,
+        exec_id: &str,
+        stream: StreamKind,
+    ) -> Result<UnixStream, ClientError> {
+        let port = if stream == StreamKind::Pty {
+            Port::Pty
+        } else {
+            Port::Stdio
+        };
+        let hello = StreamHello {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            stream,
+        };
+        let mut conn = self.connect_with(port, hello.to_line().as_bytes()).await?;
+        let answer = read_line(&mut conn).await?;
+        if answer != "OK" {
+            let reason = answer.strip_prefix("ERR ").unwrap_or(&answer).to_string();
+            return Err(ClientError::StreamRefused { stream, reason });
+        }
+        Ok(conn)
     }
 }
 
@@ -521,35 +569,21 @@ impl GuestClient {
             .collect())
     }
 
-    /// Opens one stdio or pty stream of a process: after this returns the connection carries
-    /// that stream's raw bytes.
+    /// [`Endpoint::open_stream`], counted.
     pub async fn open_stream(
         &self,
         id: &str,
         exec_id: &str,
         stream: StreamKind,
     ) -> Result<UnixStream, ClientError> {
-        let port = if stream == StreamKind::Pty {
-            Port::Pty
-        } else {
-            Port::Stdio
-        };
-        self.count(2);
-        let mut conn = self.endpoint.connect(port).await?;
-        let hello = StreamHello {
-            container_id: id.into(),
-            exec_id: exec_id.into(),
-            stream,
-        };
-        conn.write_all(hello.to_line().as_bytes())
-            .await
-            .map_err(|e| ClientError::Line(e.into()))?;
-        let answer = read_line(&mut conn).await?;
-        if answer != "OK" {
-            let reason = answer.strip_prefix("ERR ").unwrap_or(&answer).to_string();
-            return Err(ClientError::StreamRefused { stream, reason });
-        }
-        Ok(conn)
+        self.count(1);
+        self.endpoint.open_stream(id, exec_id, stream).await
+    }
+
+    /// Counts exchanges made without this client (streams opened on its endpoint before it
+    /// connected).
+    pub fn add_exchanges(&self, n: u32) {
+        self.count(n);
     }
 
     pub async fn events(&self) -> Result<EventStream, ClientError> {

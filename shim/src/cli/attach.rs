@@ -12,7 +12,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use super::tty;
-use crate::agent_client::{ClientError, GuestClient, StdioRequest};
+use crate::agent_client::{ClientError, Endpoint, GuestClient, StdioRequest};
 
 /// How long output may still arrive after the process's exit was reported.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -46,17 +46,18 @@ pub struct Streams {
     stderr: Option<UnixStream>,
 }
 
-/// Opens the process's streams, all at once (each is a connect and a hello: concurrently,
-/// that is two round trips whatever the count).
+/// Opens the process's streams, all at once (each is one connect carrying its hello:
+/// concurrently, that is one round trip whatever the count). The process need not be defined
+/// yet: the guest answers each hello once it is.
 pub async fn open_streams(
-    c: &GuestClient,
+    ep: &Endpoint,
     id: &str,
     exec_id: &str,
     mode: IoMode,
 ) -> Result<Streams, ClientError> {
     if mode.tty {
         return Ok(Streams {
-            pty: Some(c.open_stream(id, exec_id, StreamKind::Pty).await?),
+            pty: Some(ep.open_stream(id, exec_id, StreamKind::Pty).await?),
             stdin: None,
             stdout: None,
             stderr: None,
@@ -64,7 +65,7 @@ pub async fn open_streams(
     }
     let stdin = async {
         match mode.stdin {
-            true => c
+            true => ep
                 .open_stream(id, exec_id, StreamKind::Stdin)
                 .await
                 .map(Some),
@@ -73,8 +74,8 @@ pub async fn open_streams(
     };
     let (stdin, stdout, stderr) = tokio::try_join!(
         stdin,
-        c.open_stream(id, exec_id, StreamKind::Stdout),
-        c.open_stream(id, exec_id, StreamKind::Stderr),
+        ep.open_stream(id, exec_id, StreamKind::Stdout),
+        ep.open_stream(id, exec_id, StreamKind::Stderr),
     )?;
     Ok(Streams {
         pty: None,
@@ -82,6 +83,15 @@ pub async fn open_streams(
         stdout: Some(stdout),
         stderr: Some(stderr),
     })
+}
+
+impl Streams {
+    fn count(&self) -> u32 {
+        [&self.pty, &self.stdin, &self.stdout, &self.stderr]
+            .iter()
+            .filter(|s| s.is_some())
+            .count() as u32
+    }
 }
 
 /// Reads fd 0 on a plain thread (a blocked read must never hold up the exit) into a channel;
@@ -191,42 +201,57 @@ where
     Ok(status)
 }
 
-/// `box exec` attached, in one RunProcess call: the exec is defined, its streams opened
-/// concurrently with the call (guest-init starts the process once they are attached), and
-/// the call answers at the exit with the exec already gone. Round trips on the critical path:
-/// the streams' connect and hello (concurrent with the call), then the exit.
-pub async fn run_exec(
-    c: &GuestClient,
+/// `box exec` attached, in one RunProcess call: its streams are opened while `connect` makes
+/// the control connection, the call goes out as soon as that stands (guest-init defines the
+/// exec, starts it once the streams are attached, and answers at the exit with the exec
+/// already gone). On the critical path: one connect (the control's, or a stream's with its
+/// hello), then the process, then the answer.
+pub async fn run_exec<C>(
+    ep: &Endpoint,
+    connect: C,
     id: &str,
     exec_id: &str,
     mode: IoMode,
     process: serde_json::Value,
-) -> Result<u32, crate::cli::CliError> {
+) -> Result<u32, crate::cli::CliError>
+where
+    C: Future<Output = Result<GuestClient, crate::cli::CliError>>,
+{
     let began = std::time::Instant::now();
     let _raw = if mode.tty {
         tty::RawMode::enter(0)
     } else {
         None
     };
-    // Registered before the process can start (it waits for the streams opened below).
-    let forwarders = forward_signals(c, id, exec_id, mode);
-    let run = {
-        let (c, id, exec_id) = (c.clone(), id.to_string(), exec_id.to_string());
-        tokio::spawn(async move {
-            c.run_process(&id, &exec_id, &process, &mode.request(), true)
-                .await
-        })
+    let control = async {
+        let c = connect.await?;
+        // Registered before the call, so before the process can start.
+        let forwarders = forward_signals(&c, id, exec_id, mode);
+        let run = {
+            let (c, id, exec_id) = (c.clone(), id.to_string(), exec_id.to_string());
+            tokio::spawn(async move {
+                c.run_process(&id, &exec_id, &process, &mode.request(), true)
+                    .await
+            })
+        };
+        Ok::<_, crate::cli::CliError>((c, forwarders, run))
     };
-    let streams = match open_streams(c, id, exec_id, mode).await {
+    let (control, streams) = tokio::join!(control, open_streams(ep, id, exec_id, mode));
+    let (c, forwarders, run) = control?;
+    let streams = match streams {
         Ok(s) => s,
         Err(e) => {
             // The guest forgets an exec whose streams never come; this client stops waiting.
             run.abort();
+            for f in forwarders {
+                f.abort();
+            }
             return Err(e.into());
         }
     };
+    c.add_exchanges(streams.count());
     tracing::info!("exec {exec_id}: streams attached at {:?}", began.elapsed());
-    let pumps = Pumps::connect(c, id, exec_id, mode, streams, forwarders);
+    let pumps = Pumps::connect(&c, id, exec_id, mode, streams, forwarders);
     let status = run
         .await
         .map_err(|e| crate::cli::CliError::Io(format!("exec {exec_id}: {e}")))??

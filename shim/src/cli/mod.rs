@@ -192,8 +192,18 @@ pub struct ExecArgs {
 
 /// Runs the command line; returns the exit code for the process.
 pub fn main(cli: Cli) -> Result<i32, CliError> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // `exec` is one short exchange: on one thread its wakeups are plain polls, not futex
+    // hand-offs between workers (each a context switch, costly in a nested guest). The
+    // commands that supervise children and wait on them keep worker threads.
+    let mut builder = match cli.command {
+        Cmd::Exec(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(2);
+            b
+        }
+    };
+    let rt = builder
         .enable_all()
         .build()
         .map_err(|e| CliError::Io(format!("starting the runtime: {e}")))?;
@@ -294,7 +304,7 @@ async fn run(root: &StateRoot, a: RunArgs) -> Result<i32, CliError> {
     let name = sb.name().to_string();
     let id = sb.container_id().to_string();
     let client = sb.client.clone();
-    let streams = match attach::open_streams(&client, &id, "", mode).await {
+    let streams = match attach::open_streams(client.endpoint(), &id, "", mode).await {
         Ok(s) => s,
         Err(e) => {
             let reason = format!("opening the container's stdio: {e}");
@@ -404,22 +414,24 @@ async fn start_pump(
 }
 
 async fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32, CliError> {
-    let sb = Sandbox::attach(root, &a.name).await?;
+    let began = std::time::Instant::now();
+    let (record, endpoint) = sandbox::running(root, &a.name)?;
+    tracing::info!("{}: record loaded at {:?}", a.name, began.elapsed());
     let mode = IoMode {
         stdin: a.interactive,
         tty: a.tty,
         hangup_grace: Duration::from_secs(10),
     };
-    let id = sb.container_id().to_string();
+    let id = record.id.clone();
     // Random: two clients (even with one pid, from two PID namespaces) never share an id.
     let exec_id = format!("exec-{}", sandbox::random_hex(8));
-    let mut env = sb.record.config.env.clone();
+    let mut env = record.config.env.clone();
     if a.tty {
         env = sandbox::merge_env(&[&env, &["TERM=xterm".to_string()]]);
     }
     env = sandbox::merge_env(&[&env, &resolve_env(&a.env)?]);
-    let user = match (&a.user, &sb.record.paths.rootfs) {
-        (None, _) => sb.record.config.user.clone(),
+    let user = match (&a.user, &record.paths.rootfs) {
+        (None, _) => record.config.user.clone(),
         (Some(u), Some(rootfs)) => {
             sandbox::user::resolve(rootfs, u).map_err(|e| CliError::Usage(e.to_string()))?
         }
@@ -429,25 +441,33 @@ async fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32, CliError> {
             ))
         }
     };
-    let mut spec = sandbox::process_spec(&a.command, &env, &sb.record.config.cwd, a.tty, &user);
+    let mut spec = sandbox::process_spec(&a.command, &env, &record.config.cwd, a.tty, &user);
     if a.tty {
         // The terminal has its size before the process starts (no resize race).
         if let Some((cols, rows)) = tty::size(0).or_else(|| tty::size(1)) {
             spec["consoleSize"] = serde_json::json!({"width": cols, "height": rows});
         }
     }
-    let c = sb.client.clone();
+    let name = a.name.clone();
+    let connect = async move {
+        let c = sandbox::connect_guest(&name, endpoint).await?;
+        tracing::info!("{name}: connected at {:?}", began.elapsed());
+        Ok::<_, CliError>(c)
+    };
     if a.detach {
         if a.interactive || a.tty {
             return Err(CliError::Usage(
                 "exec -d cannot be combined with -i or -t".into(),
             ));
         }
-        c.run_process(&id, &exec_id, &spec, &StdioRequest::default(), false)
+        connect
+            .await?
+            .run_process(&id, &exec_id, &spec, &StdioRequest::default(), false)
             .await?;
         return Ok(0);
     }
-    let status = attach::run_exec(&c, &id, &exec_id, mode, spec).await?;
+    let endpoint = backend::endpoint(record.backend, &record.paths);
+    let status = attach::run_exec(&endpoint, connect, &id, &exec_id, mode, spec).await?;
     Ok(status as i32)
 }
 

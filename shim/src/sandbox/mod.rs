@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::agent_client::{ClientError, GuestClient, StdioRequest};
+use crate::agent_client::{ClientError, Endpoint, GuestClient, StdioRequest};
 use backend::{Backend, LaunchSpec};
 use state::{BackendKind, Paths, Pids, Record, RunConfig, SandboxState, StateError, StateRoot};
 use vmm_process::{ProcRef, Spawned};
@@ -453,22 +453,8 @@ impl Sandbox {
     /// Re-attaches to a running sandbox from its record.
     pub async fn attach(root: &StateRoot, name: &str) -> Result<Sandbox, SandboxError> {
         let began = std::time::Instant::now();
-        let record = root.load(name)?;
-        if effective_state(&record) != SandboxState::Running {
-            return Err(SandboxError::NotRunning(name.into()));
-        }
-        let endpoint = backend::endpoint(record.backend, &record.paths);
-        let guest = |source| SandboxError::Guest {
-            name: name.into(),
-            source,
-        };
-        // No Health call: the record says Running and the next call answers for the guest
-        // (a VM that died since fails the connect's handshake, with the reason). The connect
-        // itself stays bounded, so a wedged guest is an error, not a hang.
-        let client = tokio::time::timeout(readiness::ATTEMPT, GuestClient::connect(endpoint))
-            .await
-            .map_err(|_| guest(ClientError::Timeout(readiness::ATTEMPT)))?
-            .map_err(guest)?;
+        let (record, endpoint) = running(root, name)?;
+        let client = connect_guest(name, endpoint).await?;
         tracing::info!("{name}: attached at {:?}", began.elapsed());
         Ok(Sandbox {
             record,
@@ -556,6 +542,32 @@ impl Sandbox {
         self.record = r;
         Ok(())
     }
+}
+
+/// A running sandbox's record and its guest's endpoint, not connected yet (a client may open
+/// streams there while it connects).
+pub fn running(root: &StateRoot, name: &str) -> Result<(Record, Endpoint), SandboxError> {
+    let record = root.load(name)?;
+    if effective_state(&record) != SandboxState::Running {
+        return Err(SandboxError::NotRunning(name.into()));
+    }
+    let endpoint = backend::endpoint(record.backend, &record.paths);
+    Ok((record, endpoint))
+}
+
+/// The control connection to a running sandbox's guest. No Health call: the record says
+/// Running and the next call answers for the guest (a VM that died since fails the connect's
+/// handshake, with the reason). The connect itself is bounded, so a wedged guest is an
+/// error, not a hang.
+pub async fn connect_guest(name: &str, endpoint: Endpoint) -> Result<GuestClient, SandboxError> {
+    let guest = |source| SandboxError::Guest {
+        name: name.into(),
+        source,
+    };
+    tokio::time::timeout(readiness::ATTEMPT, GuestClient::connect(endpoint))
+        .await
+        .map_err(|_| guest(ClientError::Timeout(readiness::ATTEMPT)))?
+        .map_err(guest)
 }
 
 /// The host pid of guest-init, the child of `unshare`.
