@@ -106,6 +106,19 @@ fn c4_detached_sandbox_exec_logs_stop_rm() {
     assert_eq!(o.code, 5, "{}", o.stderr);
     let o = env.run(&["exec", "web", "--", "true"]);
     assert_eq!(o.code, 0, "{}", o.stderr);
+    // The short path, as the CLI counts it: the control connect, RunProcess, and the two
+    // output streams (each a connect carrying its hello). A Health call or the four-call
+    // Task path coming back would show here.
+    let o = env.run_cmd(
+        env.command(&["exec", "web", "--", "true"])
+            .env("BOX_LOG", "box_shim=info"),
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stderr.contains("; 4 exchanges with the guest"),
+        "exec exchanges: {}",
+        o.stderr
+    );
     let mut cmd = env.command(&["exec", "-i", "web", "--", "sh", "-c", "cat; exit 9"]);
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
