@@ -83,6 +83,11 @@ pub struct Cli {
     /// Guest vsock CID (>= 3). Default 3.
     #[arg(long, value_name = "CID")]
     pub vsock_cid: Option<u64>,
+    /// virtio-net on a TAP: opened by name (created when this process may), or an inherited
+    /// fd already attached with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR (how a jailed VMM gets one).
+    /// Default MAC 02:b0:c5:00:00:01.
+    #[arg(long, value_name = "tap=NAME|fd=N[,mac=MAC]")]
+    pub net: Option<String>,
     /// Where the serial console (ttyS0) goes: a file path (created/truncated) or "stdout".
     /// Default stdout.
     #[arg(long, value_name = "PATH|stdout")]
@@ -154,6 +159,68 @@ pub struct VsockConfig {
 
 fn default_cid() -> u64 {
     3
+}
+
+/// Where the TAP of the virtio-net device comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TapSource {
+    /// Opened by name.
+    Tap(String),
+    /// Inherited, already attached.
+    Fd(i32),
+}
+
+/// One virtio-net device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    pub source: TapSource,
+    /// Guest MAC.
+    #[serde(default = "default_mac")]
+    pub mac: [u8; 6],
+}
+
+/// A locally administered unicast MAC.
+pub const DEFAULT_MAC: [u8; 6] = [0x02, 0xb0, 0xc5, 0x00, 0x00, 0x01];
+
+fn default_mac() -> [u8; 6] {
+    DEFAULT_MAC
+}
+
+impl NetConfig {
+    /// Parses `tap=NAME` or `fd=N`, optionally followed by `,mac=XX:XX:XX:XX:XX:XX`.
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::BadNetSpec(spec.to_string());
+        let mut parts = spec.split(',');
+        let source = match parts.next().and_then(|p| p.split_once('=')) {
+            Some(("tap", n)) if !n.is_empty() && n.len() < 16 => TapSource::Tap(n.to_string()),
+            Some(("fd", n)) => TapSource::Fd(n.parse().ok().filter(|&f| f >= 0).ok_or_else(bad)?),
+            _ => return Err(bad()),
+        };
+        let mut mac = DEFAULT_MAC;
+        for p in parts {
+            match p.split_once('=') {
+                Some(("mac", m)) => mac = parse_mac(m).ok_or_else(bad)?,
+                _ => return Err(bad()),
+            }
+        }
+        Ok(NetConfig { source, mac })
+    }
+}
+
+/// `02:b0:c5:00:00:01` → bytes; a multicast address (low bit of the first byte) is refused.
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut n = 0;
+    for (i, part) in s.split(':').enumerate() {
+        if i >= 6 || part.len() != 2 {
+            return None;
+        }
+        mac[i] = u8::from_str_radix(part, 16).ok()?;
+        n += 1;
+    }
+    (n == 6 && mac[0] & 1 == 0).then_some(mac)
 }
 
 /// Destination of the serial console.
@@ -239,6 +306,9 @@ pub struct VmConfig {
     /// Optional virtio-vsock.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// Optional virtio-net.
+    #[serde(default)]
+    pub net: Option<NetConfig>,
     /// Serial console destination.
     #[serde(default)]
     pub console: Console,
@@ -273,6 +343,7 @@ impl Default for VmConfig {
             mem_mib: default_mem(),
             disks: Vec::new(),
             vsock: None,
+            net: None,
             console: Console::Stdout,
             boot_timer: false,
             seccomp: true,
@@ -334,6 +405,9 @@ impl VmConfig {
             },
             (None, None) => {}
         }
+        if let Some(n) = &cli.net {
+            cfg.net = Some(NetConfig::parse(n)?);
+        }
         if let Some(c) = &cli.console {
             cfg.console = Console::parse(c);
         }
@@ -374,7 +448,13 @@ impl VmConfig {
                 return Err(ConfigError::BadCid(v.guest_cid));
             }
         }
-        let n = self.disks.len() + usize::from(self.vsock.is_some());
+        if let Some(n) = &self.net {
+            if n.mac[0] & 1 == 1 {
+                return Err(ConfigError::BadNetSpec(format!("{:02x?}", n.mac)));
+            }
+        }
+        let n =
+            self.disks.len() + usize::from(self.vsock.is_some()) + usize::from(self.net.is_some());
         if n > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(n));
         }
@@ -392,6 +472,41 @@ fn is_readable_file(p: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn net_spec_parsing() {
+        assert_eq!(
+            NetConfig::parse("tap=tap0").unwrap(),
+            NetConfig {
+                source: TapSource::Tap("tap0".into()),
+                mac: DEFAULT_MAC
+            }
+        );
+        assert_eq!(
+            NetConfig::parse("fd=7,mac=02:00:00:aa:bb:cc").unwrap(),
+            NetConfig {
+                source: TapSource::Fd(7),
+                mac: [2, 0, 0, 0xaa, 0xbb, 0xcc]
+            }
+        );
+        for bad in [
+            "",
+            "tap=",
+            "tap=far-too-long-name",
+            "fd=-1",
+            "fd=x",
+            "eth0",
+            "tap=t,mac=01:00:00:00:00:00",
+            "tap=t,mac=02:00:00:00:00",
+            "tap=t,mac=02:00:00:00:00:00:00",
+            "tap=t,speed=10",
+        ] {
+            assert!(
+                matches!(NetConfig::parse(bad), Err(ConfigError::BadNetSpec(_))),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn the_default_command_line_is_quiet() {

@@ -67,6 +67,8 @@ pub enum ConfigError {
     MissingDisk(PathBuf),
     #[error("invalid --disk value {0:?}: expected PATH or PATH,ro")]
     BadDiskSpec(String),
+    #[error("invalid --net value {0:?}: expected tap=NAME or fd=N, then optionally ,mac=02:xx:xx:xx:xx:xx (a unicast MAC)")]
+    BadNetSpec(String),
     #[error("invalid --cpus value {0}: must be between 1 and {max}", max = crate::config::MAX_VCPUS)]
     BadCpus(u8),
     #[error("invalid --mem value {0} MiB: must be between {min} and {max}", min = crate::config::MIN_MEM_MIB, max = crate::config::MAX_MEM_MIB)]
@@ -132,6 +134,8 @@ pub enum Error {
     },
     #[error("guest memory setup failed")]
     Memory(#[source] vm_memory::GuestMemoryError),
+    #[error("virtio-net")]
+    Tap(#[from] crate::devices::virtio::net::tap::TapError),
     #[error("guest memory region creation failed: {0}")]
     MemoryRegion(String),
     #[error("loading the kernel into guest memory failed")]

@@ -17,6 +17,7 @@ use crate::devices::legacy::{AcpiPm, BootTimer, I8042};
 use crate::devices::mmio::MmioDeviceManager;
 use crate::devices::serial::{ConsoleOut, ConsoleWriter, SerialDevice};
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::net::Net;
 use crate::devices::virtio::vsock::device::Vsock;
 use crate::devices::Bus;
 use crate::error::{ConfigError, Error, Result, VmExit};
@@ -228,6 +229,11 @@ impl Machine {
                 "vsock: cannot listen on {}",
                 v.uds_path.display()
             )))?;
+            mgr.add(&c.vm, &c.mem, &mut mmio_bus, Box::new(dev))?;
+        }
+        if let Some(n) = &cfg.net {
+            let fd = crate::devices::virtio::net::tap::open_source(&n.source)?;
+            let dev = Net::new(fd, n.mac, true).map_err(Error::io("virtio-net"))?;
             mgr.add(&c.vm, &c.mem, &mut mmio_bus, Box::new(dev))?;
         }
         mgr.append_cmdline(&mut cmdline)?;

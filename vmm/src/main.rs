@@ -37,6 +37,14 @@ fn main() -> ProcessExit {
 
 fn run(cli: &Cli, start: Instant) -> Result<box_vmm::error::VmExit, Error> {
     let mut cfg = VmConfig::from_cli(cli)?;
+    // A TAP named on the command line is opened before a jail takes /dev/net/tun and
+    // CAP_NET_ADMIN away; from then on it is an inherited fd like any other.
+    if let Some(n) = cfg.net.as_mut() {
+        if let box_vmm::config::TapSource::Tap(_) = n.source {
+            let fd = box_vmm::devices::virtio::net::tap::open_source(&n.source)?;
+            n.source = box_vmm::config::TapSource::Fd(std::os::fd::IntoRawFd::into_raw_fd(fd));
+        }
+    }
     if let Some(jail) = cli.jail()? {
         // Before the jail hides /sys: a PVM host is named plainly, not as a jail failure.
         if box_vmm::kvm::caps::is_pvm_host() && std::env::var_os("BOX_VMM_FORCE_PVM").is_none() {

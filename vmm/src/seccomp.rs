@@ -80,6 +80,9 @@ pub const KVM_GET_REGS: u64 = 0x8090_ae81;
 pub const KVM_GET_SREGS: u64 = 0x8138_ae83;
 /// Making a vsock host socket non-blocking.
 pub const FIONBIO: u64 = 0x5421;
+/// `_IOW('T', 208, unsigned int)`: virtio-net tells its TAP the guest's offloads when the
+/// driver activates (or resets) the device.
+pub const TUNSETOFFLOAD: u64 = 0x4004_54d0;
 
 fn arg_eq(arg: u8, len: SeccompCmpArgLen, value: u64) -> Result<SeccompRule> {
     let cond = SeccompCondition::new(arg, len, SeccompCmpOp::Eq, value)
@@ -95,7 +98,7 @@ pub fn vmm_filter() -> Result<BpfProgram> {
     // after start is not among them.
     rules.insert(
         libc::SYS_ioctl,
-        [KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, FIONBIO]
+        [KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, FIONBIO, TUNSETOFFLOAD]
             .iter()
             .map(|&r| arg_eq(1, SeccompCmpArgLen::Dword, r))
             .collect::<Result<_>>()?,

@@ -20,8 +20,9 @@ pub const BIN_DIR: &str = "/usr/local/bin";
 
 /// What L1 loads at boot, by name; [`l1_modules`] adds their dependencies in load order.
 /// kvm-amd gives L1 a real /dev/kvm; vhost_vsock gives it /dev/vhost-vsock, so qemu can give an
-/// L2 guest a vsock device that L1 processes reach over AF_VSOCK.
-pub const L1_MODULE_NAMES: &[&str] = &["kvm_amd", "vhost_vsock"];
+/// L2 guest a vsock device that L1 processes reach over AF_VSOCK; tun gives it /dev/net/tun for
+/// the TAPs behind virtio-net.
+pub const L1_MODULE_NAMES: &[&str] = &["kvm_amd", "vhost_vsock", "tun"];
 
 /// L1's modules in load order: (canonical name, path relative to `lib/modules/<release>`).
 pub fn l1_modules(k: &Kernel) -> Result<Vec<(String, PathBuf)>> {

@@ -1,10 +1,11 @@
 //! The nested VMM tier (`cargo xtask vmm-tier`, and part of `cargo xtask ci`): one L1 node boot
 //! in which box-vmm boots Debian's stock cloud kernel with a small busybox initramfs, twice:
 //!
-//! 1. bzImage, two disks (rw and `,ro`) and vsock: boot to userspace, disk size and content,
-//!    guest writes reaching the file, the read-only disk refusing writes, vsock host→guest and
-//!    guest→host echoes (1 MiB and 300 kB, past the 256 KiB credit window), then
-//!    `poweroff -f` → exit 0;
+//! 1. bzImage, two disks (rw and `,ro`), vsock and virtio-net on a TAP: boot to userspace, disk
+//!    size and content, guest writes reaching the file, the read-only disk refusing writes,
+//!    vsock host→guest and guest→host echoes (1 MiB and 300 kB, past the 256 KiB credit
+//!    window), the guest pinging L1 through the TAP with its configured MAC, 4 MiB over TCP
+//!    each way (offloads negotiated: TSO frames both ways), then `poweroff -f` → exit 0;
 //! 2. the ELF vmlinux: boot to userspace, then `reboot -f` → exit 10.
 //!
 //! The L1 script prints one `ok <check>` or `FAIL <check>: <why>` line per check; this side
@@ -46,6 +47,10 @@ const GUEST_MODULES: &[(&str, &str)] = &[
         "vmw_vsock_virtio_transport",
         "kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko",
     ),
+    // virtio_net needs net_failover, which needs failover.
+    ("failover", "kernel/net/core/failover.ko"),
+    ("net_failover", "kernel/drivers/net/net_failover.ko"),
+    ("virtio_net", "kernel/drivers/net/virtio_net.ko"),
 ];
 
 /// The checks, in the order the script runs them. Each must print exactly one result line.
@@ -57,6 +62,9 @@ const CHECKS: &[&str] = &[
     "disk-ro",
     "vsock-host-to-guest",
     "vsock-guest-to-host",
+    "net-ping",
+    "net-tcp-guest-to-host",
+    "net-tcp-host-to-guest",
     "poweroff-exit-0",
     "boot-vmlinux",
     "reboot-exit-10",
@@ -118,7 +126,7 @@ if [ "$mode" = reboot ]; then
     reboot -f
 fi
 i=0
-while [ ! -b /dev/vda ] || [ ! -b /dev/vdb ] || [ ! -e /dev/vsock ]; do
+while [ ! -b /dev/vda ] || [ ! -b /dev/vdb ] || [ ! -e /dev/vsock ] || [ ! -e /sys/class/net/eth0 ]; do
     i=$((i+1))
     if [ $i -gt 100 ]; then echo "guest: devices missing: $(ls /dev | tr '\n' ' ')"; break; fi
     sleep 0.1
@@ -137,7 +145,18 @@ else
     echo "guest: vdb-write refused"
 fi
 sync
+ip link set lo up
+ip link set eth0 up
+ip addr add 10.99.0.2/24 dev eth0
+echo "guest: eth0 mac $(cat /sys/class/net/eth0/address) features $(cat /sys/class/net/eth0/device/features 2>/dev/null | cut -c1-20)"
+if ping -c 3 -W 10 10.99.0.1 > /tmp/ping.out 2>&1; then echo "guest: ping ok"; else echo "guest: ping failed: $(tail -2 /tmp/ping.out | tr '\n' ' ')"; fi
+nc -l -p 7001 < /dev/null > /tmp/net.rx &
+rxpid=$!
+echo "guest: tcp-rx listening"
+box-vmm-probe tcp-send 10.99.0.1:7000 4194304
 box-vmm-probe vsock-send 2 5000 300000
+wait $rxpid
+echo "guest: tcp-rx received $(wc -c < /tmp/net.rx)"
 wait $echo_pid
 echo "guest: done"
 poweroff -f
@@ -223,14 +242,24 @@ printf BOX-DISK-LASTSEC | dd of=vda.img bs=512 seek=131071 conv=notrunc 2>/dev/n
 dd if=/dev/zero of=vdb.img bs=1M count=0 seek=8 2>/dev/null
 printf BOX-DISK-ROMARK1 | dd of=vdb.img conv=notrunc 2>/dev/null
 
-# Boot 1: bzImage, disks, vsock, poweroff.
+# Boot 1: bzImage, disks, vsock, a TAP, poweroff. The TAP is made persistent and given its
+# address first, so the guest's first packet finds it ready.
+box-vmm-probe tap-persist boxtap0 > tap.log 2>&1
+ip addr add 10.99.0.1/24 dev boxtap0 >> tap.log 2>&1
+ip link set boxtap0 up >> tap.log 2>&1
+nc -l -p 7000 < /dev/null > net.recv 2>nc.err &
+ncpid=$!
 box-vmm-probe uds-echo $T/v.sock_5000 > uds-echo.log 2>&1 &
 upid=$!
 box-vmm --kernel "$BOX_KERNEL" --initrd $G --mem 256 --cpus 1 --cmdline "$CMD box.test=full" \
-    --disk vda.img --disk vdb.img,ro --vsock-uds $T/v.sock --console con1.log > vmm1.log 2>&1 &
+    --disk vda.img --disk vdb.img,ro --vsock-uds $T/v.sock --net tap=boxtap0,mac=02:b0:c5:99:00:02 \
+    --console con1.log > vmm1.log 2>&1 &
 vpid=$!
 if waitline "probe: vsock-listening" con1.log $vpid 60; then
     box-vmm-probe uds-connect $T/v.sock 1024 1048576 > uds-connect.log 2>&1
+fi
+if waitline "guest: tcp-rx listening" con1.log $vpid 60; then
+    box-vmm-probe tcp-send 10.99.0.2:7001 4194304 > nc-tx.err 2>&1
 fi
 waitexit $vpid 60; rc1=$?
 kill $upid 2>/dev/null
@@ -247,6 +276,14 @@ if grep -q "probe: uds-connect ok" uds-connect.log && grep -q "probe: vsock-echo
 else fail vsock-host-to-guest "host: $(tail1 uds-connect.log) guest: $(grep 'probe: ' con1.log | tr '\r\n' '  ')"; fi
 if grep -q "probe: vsock-send ok" con1.log && grep -q "probe: uds-echoed 300000" uds-echo.log; then ok vsock-guest-to-host
 else fail vsock-guest-to-host "host: $(tail1 uds-echo.log) guest: $(grep 'probe: ' con1.log | tr '\r\n' '  ')"; fi
+if grep -q "guest: ping ok" con1.log && grep -q "guest: eth0 mac 02:b0:c5:99:00:02" con1.log; then ok net-ping
+else fail net-ping "$(grep 'guest: \(eth0\|ping\)' con1.log | tr '\r\n' '  ') tap: $(tail1 tap.log)"; fi
+kill $ncpid 2>/dev/null
+recv=$(wc -c < net.recv 2>/dev/null)
+if [ "$recv" = 4194304 ] && grep -q "probe: tcp-sent 4194304" con1.log; then ok net-tcp-guest-to-host
+else fail net-tcp-guest-to-host "received $recv of 4194304 bytes: $(tail1 nc.err) $(grep 'probe: tcp' con1.log)"; fi
+if grep -q "guest: tcp-rx received 4194304" con1.log; then ok net-tcp-host-to-guest
+else fail net-tcp-host-to-guest "$(grep 'guest: tcp-rx' con1.log | tr '\r\n' '  ') $(tail1 nc-tx.err)"; fi
 if [ $rc1 = 0 ]; then ok poweroff-exit-0; else fail poweroff-exit-0 "box-vmm exited $rc1: $(tail1 vmm1.log)"; fi
 
 # Boot 2: ELF vmlinux, reboot.

@@ -16,6 +16,9 @@
 //!                                             its VM's KVM counters at the marker (CMD's
 //!                                             stderr is the probe's)
 //! box-vmm-probe wall -- CMD                    host: run CMD, print its wall time and exit code
+//! box-vmm-probe tap-persist NAME               host: create a persistent TAP (vnet headers) NAME
+//! box-vmm-probe tcp-send ADDR:PORT LEN         guest: send LEN pattern bytes over TCP, half-close,
+//!                                             and wait for the peer's close (all delivered)
 //! ```
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -48,6 +51,8 @@ fn dispatch(args: &[&str]) -> Res<()> {
             boot_time(marker, num(secs)?, cmd)
         }
         ["wall", "--", cmd @ ..] if !cmd.is_empty() => wall(cmd),
+        ["tap-persist", name] => tap_persist(name),
+        ["tcp-send", addr, len] => tcp_send(addr, num(len)?),
         _ => Err("usage: see the comment at the top of tests/src/bin/box-vmm-probe.rs".into()),
     }
 }
@@ -350,6 +355,66 @@ fn kvm_stats(pid: u32) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Sends `len` pattern bytes to `addr`, then half-closes and reads until the peer closes, so
+/// that success means the peer received everything (not that it sits in a send buffer).
+fn tcp_send(addr: &str, len: usize) -> Res<()> {
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    let chunk: Vec<u8> = (0..65536).map(pattern).collect();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        s.write_all(&chunk[..n])
+            .map_err(|e| format!("write: {e}"))?;
+        left -= n;
+    }
+    s.shutdown(std::net::Shutdown::Write)
+        .map_err(|e| format!("shutdown: {e}"))?;
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest)
+        .map_err(|e| format!("waiting for the peer: {e}"))?;
+    println!("probe: tcp-sent {len}");
+    Ok(())
+}
+
+/// Creates TAP `name` (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) and marks it persistent, so that
+/// it can be given an address before box-vmm attaches to it.
+fn tap_persist(name: &str) -> Res<()> {
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        flags: libc::c_short,
+        _pad: [u8; 22],
+    }
+    if name.is_empty() || name.len() > 15 {
+        return Err(format!("bad TAP name {name:?}"));
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(|e| format!("/dev/net/tun: {e}"))?;
+    let mut req = IfReq {
+        name: [0; 16],
+        flags: 0x0002 | 0x1000 | 0x4000,
+        _pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    use std::os::fd::AsRawFd;
+    // SAFETY: TUNSETIFF (_IOW('T', 202, int)) reads one struct ifreq that outlives the call.
+    if unsafe { libc::ioctl(f.as_raw_fd(), 0x4004_54ca, &req) } != 0 {
+        return Err(format!("TUNSETIFF: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: TUNSETPERSIST (_IOW('T', 203, int)) takes its argument by value.
+    if unsafe { libc::ioctl(f.as_raw_fd(), 0x4004_54cb, 1) } != 0 {
+        return Err(format!(
+            "TUNSETPERSIST: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    println!("probe: tap-persist {name}");
+    Ok(())
 }
 
 /// Runs `cmd` (stdio inherited) and prints `probe: wall ms=.. exit=..`.

@@ -6,6 +6,7 @@
 
 pub mod block;
 pub mod mmio_transport;
+pub mod net;
 #[cfg(test)]
 pub mod testutil;
 pub mod vsock;
