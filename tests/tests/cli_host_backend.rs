@@ -1300,3 +1300,26 @@ fn c22_a_full_state_directory_loses_no_record() {
     assert!(line.contains("Exited"), "{}", o.stdout);
     assert_eq!(run(&["rm", "full"]).code, 0);
 }
+
+#[test]
+fn c23_the_container_has_its_own_hostname_hosts_and_resolv_conf() {
+    require_host_tier!();
+    let env = BoxEnv::new();
+    let o = env.run(&[
+        "run",
+        "--rm",
+        "--name",
+        "named",
+        env.image(),
+        "--",
+        "sh",
+        "-c",
+        "cat /etc/hostname; grep -c named /etc/hosts; test -f /etc/resolv.conf && echo resolv",
+    ]);
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (0, "named\n1\nresolv\n"),
+        "stderr: {}",
+        o.stderr
+    );
+}

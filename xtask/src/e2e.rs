@@ -116,6 +116,12 @@ pty-drive -- box exec -it fast sh >/tmp/e12t 2>&1; ptyrc=$?
 box rm -f fast >/dev/null 2>>/tmp/e12
 if [ -n "$p2m" ] && [ "$p2m" -gt 0 ] && [ $ptyrc = 0 ]; then ok "12 fast paths: KVM maps guest RAM with $p2m 2 MiB pages ($p4k 4 KiB), exec -it through a pty: answered, resize, exit 4"; else bad "12 fast paths" "vmm=$vmm pages_2m=[$p2m] pages_4k=[$p4k] pty=$ptyrc $(grep -v '^ok' /tmp/e12t | tail -2) $(tail -2 /tmp/e12)"; fi
 
+# The sandbox's own name and loopback: hostname (the guest's, set from the container's),
+# /etc/hostname and /etc/hosts bind-mounted by guest-init, lo up (a down lo makes the ping
+# "Network unreachable").
+out=$(box run --rm --name netc "$IMG" -- sh -c 'hostname; cat /etc/hostname; grep -c "127.0.1.1.netc" /etc/hosts; ip -o link show lo | grep -c "[<,]UP[,>]"; ping -c 1 -W 5 127.0.0.1 >/dev/null && echo pong' 2>/tmp/e13 | tr '\n' ' ')
+if [ "$out" = "netc netc 1 1 pong " ]; then ok "13 sandbox identity: hostname netc, /etc/hostname and /etc/hosts, lo up and answering"; else bad "13 identity" "out=[$out] $(tail -2 /tmp/e13)"; fi
+
 echo "e2e: $pass passed, $fail failed"
 echo "$pass passed, $fail failed"
 [ $fail = 0 ]

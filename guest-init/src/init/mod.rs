@@ -12,6 +12,7 @@ pub mod config;
 pub mod events;
 pub mod modules;
 pub mod mount;
+pub mod net;
 pub mod process;
 pub mod reaper;
 pub mod shutdown;
@@ -129,7 +130,18 @@ async fn serve(config: &Config, listeners: Listeners, started: Instant) -> Resul
         ev.clone()
             .serve(Listener::serve(listeners.events).map_err(serve_err)?),
     );
-    let tasks = Arc::new(task::Tasks::new(registry, ev, config.drain_grace));
+    if config.mode == Mode::Vm {
+        // Before readiness: a container never sees its loopback down.
+        if let Err(e) = net::loopback_up().await {
+            tracing::warn!("{e}");
+        }
+    }
+    let tasks = Arc::new(task::Tasks::new(
+        registry,
+        ev,
+        config.drain_grace,
+        config.mode == Mode::Vm,
+    ));
     tokio::spawn(streams::serve(
         Listener::serve(listeners.stdio).map_err(serve_err)?,
         streams::Kind::Stdio,

@@ -81,6 +81,8 @@ pub struct Tasks {
     /// Bumped whenever a container or an exec is defined: a stream that arrived before its
     /// process (the host opens both at once) waits on it.
     defined: watch::Sender<u64>,
+    /// In a VM (not a host process): the guest's hostname is the container's.
+    vm: bool,
 }
 
 /// Retries `lookup` while it answers NotFound, each time `defined` is bumped, for at most
@@ -112,13 +114,19 @@ fn internal(what: &str) -> impl Fn(String) -> TaskError + '_ {
 }
 
 impl Tasks {
-    pub fn new(registry: Arc<Registry>, events: Arc<Events>, drain_grace: Duration) -> Tasks {
+    pub fn new(
+        registry: Arc<Registry>,
+        events: Arc<Events>,
+        drain_grace: Duration,
+        vm: bool,
+    ) -> Tasks {
         Tasks {
             containers: Mutex::default(),
             registry,
             events,
             drain_grace,
             defined: watch::channel(0).0,
+            vm,
         }
     }
 
@@ -277,13 +285,20 @@ impl Tasks {
         let readonly = linux
             .and_then(|l| l.readonly_paths().clone())
             .unwrap_or_default();
-        let root = launch::new_root(
-            &rootfs,
-            spec.mounts().as_deref().unwrap_or(&[]),
-            &masked,
-            &readonly,
-        )
-        .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+        let hostname = spec
+            .hostname()
+            .clone()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| id.chars().take(12).collect());
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        mounts.extend(super::etc::prepare(bundle, &hostname, &mounts)?);
+        if self.vm {
+            // The VM is the sandbox: its one UTS namespace carries the container's name.
+            nix::unistd::sethostname(&hostname)
+                .map_err(|e| TaskError::InvalidArgument(format!("hostname {hostname:?}: {e}")))?;
+        }
+        let root = launch::new_root(&rootfs, &mounts, &masked, &readonly)
+            .map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
         let terminal = req.terminal || oci_process.terminal().unwrap_or(false);
         let req = ProcessRequest { terminal, ..req };
         let (io, stdio) = Io::new(req.wanted(), self.drain_grace)

@@ -3,6 +3,7 @@
 
 mod bundle;
 mod container;
+mod etc;
 mod process;
 pub mod service;
 
