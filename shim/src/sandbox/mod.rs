@@ -450,21 +450,6 @@ impl Sandbox {
         })
     }
 
-    /// Re-attaches to a running sandbox from its record.
-    pub async fn attach(root: &StateRoot, name: &str) -> Result<Sandbox, SandboxError> {
-        let began = std::time::Instant::now();
-        let (record, endpoint) = running(root, name)?;
-        let client = connect_guest(name, endpoint).await?;
-        tracing::info!("{name}: attached at {:?}", began.elapsed());
-        Ok(Sandbox {
-            record,
-            client,
-            root: root.clone(),
-            process: None,
-            began,
-        })
-    }
-
     pub fn name(&self) -> &str {
         &self.record.name
     }

@@ -378,41 +378,13 @@ fn tcp_send(addr: &str, len: usize) -> Res<()> {
     Ok(())
 }
 
-/// Creates TAP `name` (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) and marks it persistent, so that
-/// it can be given an address before box-vmm attaches to it.
+/// Creates TAP `name` as box-vmm opens it and marks it persistent, so that it can be given an
+/// address before box-vmm attaches to it.
 fn tap_persist(name: &str) -> Res<()> {
-    #[repr(C)]
-    struct IfReq {
-        name: [u8; 16],
-        flags: libc::c_short,
-        _pad: [u8; 22],
-    }
-    if name.is_empty() || name.len() > 15 {
-        return Err(format!("bad TAP name {name:?}"));
-    }
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/net/tun")
-        .map_err(|e| format!("/dev/net/tun: {e}"))?;
-    let mut req = IfReq {
-        name: [0; 16],
-        flags: 0x0002 | 0x1000 | 0x4000,
-        _pad: [0; 22],
-    };
-    req.name[..name.len()].copy_from_slice(name.as_bytes());
-    use std::os::fd::AsRawFd;
-    // SAFETY: TUNSETIFF (_IOW('T', 202, int)) reads one struct ifreq that outlives the call.
-    if unsafe { libc::ioctl(f.as_raw_fd(), 0x4004_54ca, &req) } != 0 {
-        return Err(format!("TUNSETIFF: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: TUNSETPERSIST (_IOW('T', 203, int)) takes its argument by value.
-    if unsafe { libc::ioctl(f.as_raw_fd(), 0x4004_54cb, 1) } != 0 {
-        return Err(format!(
-            "TUNSETPERSIST: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    use box_vmm::devices::virtio::net::tap;
+    use std::os::fd::AsFd;
+    let fd = tap::open(name).map_err(|e| e.to_string())?;
+    tap::set_persistent(fd.as_fd(), true).map_err(|e| format!("TUNSETPERSIST: {e}"))?;
     println!("probe: tap-persist {name}");
     Ok(())
 }

@@ -496,10 +496,7 @@ impl Tasks {
         self.exec(req, spec).await?;
         let forget = |tasks: &Tasks| {
             if let Ok(c) = tasks.container(&id) {
-                c.execs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&exec_id);
+                c.forget_exec(&exec_id);
             }
         };
         let p = self.process(&id, &exec_id)?;
@@ -583,10 +580,7 @@ impl Tasks {
             }
             super::bundle::unmount_all(&c.rootfs_mounts);
         } else {
-            c.execs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(exec_id);
+            c.forget_exec(exec_id);
         }
         Ok((exit, pid))
     }
@@ -622,6 +616,13 @@ impl Tasks {
 }
 
 impl Container {
+    fn forget_exec(&self, exec_id: &str) {
+        self.execs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(exec_id);
+    }
+
     /// Every live process in the container's mount namespace (Box runs no cgroups yet).
     pub fn pids(&self) -> Vec<Pid> {
         let Ok(dir) = std::fs::read_dir("/proc") else {

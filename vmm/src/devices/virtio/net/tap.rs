@@ -39,6 +39,10 @@ nix::ioctl_write_int_bad!(
     tun_set_offload,
     nix::request_code_write!(b'T', 208, std::mem::size_of::<libc::c_uint>())
 );
+nix::ioctl_write_int_bad!(
+    tun_set_persist,
+    nix::request_code_write!(b'T', 203, std::mem::size_of::<libc::c_int>())
+);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TapError {
@@ -134,6 +138,12 @@ pub fn open_source(source: &crate::config::TapSource) -> Result<OwnedFd, TapErro
             configure(unsafe { OwnedFd::from_raw_fd(*fd) })
         }
     }
+}
+
+/// Makes the TAP outlive its fds (test setups give it an address before a VMM attaches).
+pub fn set_persistent(fd: BorrowedFd<'_>, on: bool) -> nix::Result<()> {
+    // SAFETY: TUNSETPERSIST takes its argument by value; no memory is passed.
+    unsafe { tun_set_persist(fd.as_raw_fd(), libc::c_int::from(on)) }.map(drop)
 }
 
 /// Tells the TAP which offloaded frames the guest accepts (`TUN_F_*`).
