@@ -30,13 +30,12 @@ use crate::kvm::vm::Vm;
 /// A fully built VM, ready to run.
 pub struct Machine {
     vm: Vm,
-    mem: GuestMemoryMmap,
     io_bus: Bus,
     mmio_bus: Bus,
     vcpus: Vec<Vcpu>,
     handlers: Vec<Box<dyn EventHandler>>,
     seccomp: bool,
-    /// Last: dropped after every holder of a `mem` clone.
+    /// Last: dropped after every holder of a clone of its memory.
     ram: GuestRam,
 }
 
@@ -88,7 +87,6 @@ pub struct PayloadOutcome {
 
 struct Common {
     vm: Vm,
-    mem: GuestMemoryMmap,
     io_bus: Bus,
     mmio_bus: Bus,
     ram: GuestRam,
@@ -116,8 +114,7 @@ fn build_common(
             }
         );
     }
-    let mem = ram.memory().clone();
-    vm.register_memory(&mem)?;
+    vm.register_memory(ram.memory())?;
 
     let serial_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::io("eventfd"))?;
     if irqchip {
@@ -161,7 +158,6 @@ fn build_common(
         .map_err(overlap)?;
     Ok(Common {
         vm,
-        mem,
         io_bus,
         mmio_bus: Bus::new(),
         ram,
@@ -192,11 +188,7 @@ impl Machine {
         // The VMM's own start, phase by phase (with --boot-timer).
         let phase = |what: &str| {
             if cfg.boot_timer {
-                eprintln!(
-                    "box-vmm: boot-timer: {what} at {} ms ({} CPU ms)",
-                    start.elapsed().as_millis(),
-                    cpu_ms()
-                );
+                report_phase(start, what);
             }
         };
         let mem_bytes = cfg.mem_mib << 20;
@@ -208,7 +200,7 @@ impl Machine {
         )?;
         phase("VM and guest RAM ready");
 
-        let kernel = boot::load_kernel(&c.mem, &cfg.kernel)?;
+        let kernel = boot::load_kernel(c.ram.memory(), &cfg.kernel)?;
         phase("kernel loaded");
         let mut cmdline =
             Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| ConfigError::Cmdline(e.to_string()))?;
@@ -222,25 +214,25 @@ impl Machine {
         for (i, d) in cfg.disks.iter().enumerate() {
             let blk = Block::open(&d.path, d.read_only, &format!("box-disk-{i}"))
                 .map_err(|_| ConfigError::MissingDisk(d.path.clone()))?;
-            mgr.add(&c.vm, &c.mem, &mut mmio_bus, Box::new(blk))?;
+            mgr.add(&c.vm, c.ram.memory(), &mut mmio_bus, Box::new(blk))?;
         }
         if let Some(v) = &cfg.vsock {
             let dev = Vsock::new(v.guest_cid, &v.uds_path).map_err(Error::io(format!(
                 "vsock: cannot listen on {}",
                 v.uds_path.display()
             )))?;
-            mgr.add(&c.vm, &c.mem, &mut mmio_bus, Box::new(dev))?;
+            mgr.add(&c.vm, c.ram.memory(), &mut mmio_bus, Box::new(dev))?;
         }
         if let Some(n) = &cfg.net {
             let fd = crate::devices::virtio::net::tap::open_source(&n.source)?;
             let dev = Net::new(fd, n.mac, true).map_err(Error::io("virtio-net"))?;
-            mgr.add(&c.vm, &c.mem, &mut mmio_bus, Box::new(dev))?;
+            mgr.add(&c.vm, c.ram.memory(), &mut mmio_bus, Box::new(dev))?;
         }
         mgr.append_cmdline(&mut cmdline)?;
         phase("devices ready");
         let initrd = match &cfg.initrd {
             Some(p) => Some(boot::load_initrd(
-                &c.mem,
+                c.ram.memory(),
                 p,
                 mem_bytes,
                 kernel.end,
@@ -249,18 +241,24 @@ impl Machine {
             None => None,
         };
         phase("initrd loaded");
-        let rsdp = acpi::write_acpi_tables(&c.mem, cfg.cpus, &mgr.infos)?;
-        boot::write_boot_params(&c.mem, mem_bytes, &kernel, &cmdline, initrd, Some(rsdp))?;
+        let rsdp = acpi::write_acpi_tables(c.ram.memory(), cfg.cpus, &mgr.infos)?;
+        boot::write_boot_params(
+            c.ram.memory(),
+            mem_bytes,
+            &kernel,
+            &cmdline,
+            initrd,
+            Some(rsdp),
+        )?;
 
         let mut vcpus = Vec::new();
         for id in 0..cfg.cpus {
             let v = Vcpu::new(&c.vm, id)?;
-            v.configure(&c.vm, &c.mem, kernel.entry, cfg.cpus)?;
+            v.configure(&c.vm, c.ram.memory(), kernel.entry, cfg.cpus)?;
             vcpus.push(v);
         }
         Ok(Machine {
             vm: c.vm,
-            mem: c.mem,
             ram: c.ram,
             io_bus,
             mmio_bus,
@@ -278,7 +276,8 @@ impl Machine {
             ConsoleWriter::new(ConsoleOut::Buffer(console), None),
             None,
         )?;
-        c.mem
+        c.ram
+            .memory()
             .write_slice(&p.code, GuestAddress(Payload::LOAD_ADDR))
             .map_err(Error::Memory)?;
         let mut mmio_bus = c.mmio_bus;
@@ -286,17 +285,16 @@ impl Machine {
         for d in &p.disks {
             let blk = Block::open(&d.path, d.read_only, "payload-disk")
                 .map_err(|_| ConfigError::MissingDisk(d.path.clone()))?;
-            mgr.add(&c.vm, &c.mem, &mut mmio_bus, Box::new(blk))?;
+            mgr.add(&c.vm, c.ram.memory(), &mut mmio_bus, Box::new(blk))?;
         }
         let mut vcpus = Vec::new();
         for id in 0..p.cpus.max(1) {
             let v = Vcpu::new(&c.vm, id)?;
-            v.configure(&c.vm, &c.mem, Payload::LOAD_ADDR, p.cpus.max(1))?;
+            v.configure(&c.vm, c.ram.memory(), Payload::LOAD_ADDR, p.cpus.max(1))?;
             vcpus.push(v);
         }
         Ok(Machine {
             vm: c.vm,
-            mem: c.mem,
             ram: c.ram,
             io_bus: c.io_bus,
             mmio_bus,
@@ -308,7 +306,7 @@ impl Machine {
 
     /// Guest memory (tests inspect it).
     pub fn memory(&self) -> &GuestMemoryMmap {
-        &self.mem
+        self.ram.memory()
     }
 
     /// Runs the VM until the guest stops it. vCPUs run on their own threads and
@@ -317,7 +315,6 @@ impl Machine {
         install_kick_handler()?;
         let Machine {
             vm,
-            mem,
             io_bus,
             mmio_bus,
             vcpus,
@@ -397,14 +394,13 @@ impl Machine {
         if stuck {
             // A vCPU still inside KVM_RUN may touch guest memory: never unmap it
             // under its feet. The process is about to exit anyway.
-            std::mem::forget(mem);
             std::mem::forget(ram);
             std::mem::forget(vm);
         } else {
             // Every holder of guest memory (devices in the buses and the event loop's
             // handlers) goes before the mappings do.
             drop(ev_loop);
-            drop((io_bus, mmio_bus, mem));
+            drop((io_bus, mmio_bus));
             drop(ram);
         }
         loop_result?;
@@ -428,17 +424,22 @@ pub fn run_config(cfg: &VmConfig, start: Instant) -> Result<VmExit> {
     if cfg.boot_timer {
         // The VMM's own start, as Firecracker reports it ("VMM up in N CPU ms"): wall and
         // CPU time from process start to the vCPUs' first KVM_RUN.
-        eprintln!(
-            "box-vmm: boot-timer: VMM up at {} ms ({} CPU ms): first KVM_RUN next",
-            start.elapsed().as_millis(),
-            cpu_ms()
-        );
+        report_phase(start, "VMM up");
     }
     machine.run()
 }
 
+/// One phase of the VMM's start on stderr: `box-vmm: boot-timer: WHAT at N ms (M CPU ms)`.
+fn report_phase(start: Instant, what: &str) {
+    eprintln!(
+        "box-vmm: boot-timer: {what} at {} ms ({} CPU ms)",
+        start.elapsed().as_millis(),
+        cpu_ms()
+    );
+}
+
 /// User plus system CPU time of this process so far, in ms.
-pub(crate) fn cpu_ms() -> u64 {
+fn cpu_ms() -> u64 {
     let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage writes one struct rusage to the pointer it is given.
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) } != 0 {

@@ -187,6 +187,11 @@ fn parse_phase(line: &str) -> Option<(&str, &str, f64)> {
     Some((label, what, duration_ms(at)?))
 }
 
+/// The median of a series that may be missing (NaN then).
+fn median_of(v: Option<&Vec<f64>>) -> f64 {
+    median(v.cloned().unwrap_or_default())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -366,39 +371,18 @@ fn box_table(console: &str) -> String {
         ("run", "`box run --rm IMG -- true`"),
         ("exec", "`box exec NAME -- true`"),
     ] {
-        let vals: Vec<f64> = labels
-            .iter()
-            .map(|l| {
-                median(
-                    walls
-                        .get(&(kind.to_string(), l.to_string()))
-                        .cloned()
-                        .unwrap_or_default(),
-                )
-            })
-            .collect();
+        let samples = |l: &str| walls.get(&(kind.to_string(), l.to_string()));
+        let vals: Vec<f64> = labels.iter().map(|l| median_of(samples(l))).collect();
         let n: Vec<String> = labels
             .iter()
-            .map(|l| {
-                walls
-                    .get(&(kind.to_string(), l.to_string()))
-                    .map_or(0, Vec::len)
-                    .to_string()
-            })
+            .map(|l| samples(l).map_or(0, Vec::len).to_string())
             .collect();
         row(format!("{name} (n={})", n.join("/")), vals);
     }
     for p in &phase_order {
         let vals: Vec<f64> = labels
             .iter()
-            .map(|l| {
-                median(
-                    phases
-                        .get(&(l.to_string(), p.clone()))
-                        .cloned()
-                        .unwrap_or_default(),
-                )
-            })
+            .map(|l| median_of(phases.get(&(l.to_string(), p.clone()))))
             .collect();
         row(format!("  run: {p} at"), vals);
     }
@@ -534,7 +518,7 @@ mod tests {
                        bench exec this 3 probe: wall ms=999 exit=1\n\
                        bench exec baseline 1 probe: wall ms=1000 exit=0\n\
                        bench exchanges this 3 exchanges\n\
-                       bench milestone this box-vmm: boot-timer: VMM up at 5 ms (2 CPU ms): first KVM_RUN next\n";
+                       bench milestone this box-vmm: boot-timer: VMM up at 5 ms (2 CPU ms)\n";
         let t = box_table(console);
         assert!(
             t.contains("| `box run --rm IMG -- true` (n=1/1) | 5000 ms | 20000 ms | 0.25 |"),
