@@ -371,6 +371,17 @@ impl GuestClient {
             .map_err(Into::into)
     }
 
+    /// Configures the sandbox's network (interfaces, routes, resolver), before its first
+    /// container.
+    pub async fn configure_network(
+        &self,
+        req: &box_guest_init::api::agent::ConfigureNetworkRequest,
+    ) -> Result<(), ClientError> {
+        self.count(1);
+        self.agent.configure_network(ctx(), req).await?;
+        Ok(())
+    }
+
     pub async fn shutdown(&self, grace: Duration) -> Result<(), ClientError> {
         self.count(1);
         let req = ShutdownRequest {

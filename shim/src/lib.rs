@@ -1,7 +1,8 @@
 //! Box's host runtime library: the client for guest-init's API ([`agent_client`]), sandboxes
 //! (microVMs, or host-process inits for tests) with their on-disk records ([`sandbox`]), and
-//! the `box` CLI ([`cli`]); the containerd shim comes later.
+//! the `box` CLI ([`cli`]) and sandbox networks ([`network`]); the containerd shim comes later.
 
 pub mod agent_client;
 pub mod cli;
+pub mod network;
 pub mod sandbox;

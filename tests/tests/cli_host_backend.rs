@@ -1323,3 +1323,33 @@ fn c23_the_container_has_its_own_hostname_hosts_and_resolv_conf() {
         o.stderr
     );
 }
+
+#[test]
+fn c24_network_options_are_checked_before_anything_is_made() {
+    require_host_tier!();
+    let env = BoxEnv::new();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--network", "nat"], "shares the host's network"),
+        (
+            &["--network", "none", "-p", "8080:80"],
+            "-p needs a network",
+        ),
+        (&["-p", "8080:70000"], "GUESTPORT must be 1-65535"),
+        (
+            &["--network", "host"],
+            "use nat (default), none, or ns:PATH",
+        ),
+    ];
+    for (opts, want) in cases {
+        let mut args = vec!["run", "--rm", "--name", "netopt"];
+        args.extend_from_slice(opts);
+        args.extend_from_slice(&[env.image(), "--", "true"]);
+        let o = env.run(&args);
+        assert_ne!(o.code, 0, "{opts:?} must fail");
+        assert!(o.stderr.contains(want), "{opts:?}: {}", o.stderr);
+        // Whatever failed, nothing of the sandbox's network is left to clean up.
+        let _ = env.run(&["rm", "-f", "netopt"]);
+    }
+    let o = env.run(&["ps", "-a"]);
+    assert!(!o.stdout.contains("netopt"), "{}", o.stdout);
+}

@@ -939,3 +939,65 @@ async fn t15_run_process_one_call_streams_first_exit_and_forgetting() {
         .unwrap();
     assert_eq!(w.exit_status, 9);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t16_configure_network_checks_its_request_and_feeds_the_resolver() {
+    use box_guest_init::api::agent::{ConfigureNetworkRequest, Interface};
+    require_host_tier!();
+    let init = HostInit::start(false);
+    let c = init.client().await;
+    // A host-process init shares the host's namespace: it must never touch an interface.
+    let iface = ConfigureNetworkRequest {
+        interfaces: vec![Interface {
+            mac: "02:b0:c5:00:00:09".into(),
+            addresses: vec!["10.250.0.2/24".into()],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let e = format!("{:?}", c.configure_network(&iface).await.unwrap_err());
+    assert!(e.contains("needs a VM"), "{e}");
+    // A malformed value is named, and nothing of the request is kept.
+    let bad = ConfigureNetworkRequest {
+        dns_servers: vec!["10.0.0.53".into(), "resolver.example".into()],
+        ..Default::default()
+    };
+    let e = format!("{:?}", c.configure_network(&bad).await.unwrap_err());
+    assert!(
+        e.contains("DNS server") && e.contains("resolver.example"),
+        "{e}"
+    );
+    sleeping_container(&init, &c, "before").await;
+    let none = exec_code(
+        &c,
+        "before",
+        "r0",
+        &["sh", "-c", "test ! -s /etc/resolv.conf"],
+    )
+    .await;
+    assert_eq!(none, 0, "a refused request leaves the resolver empty");
+    let good = ConfigureNetworkRequest {
+        dns_servers: vec!["10.0.0.53".into()],
+        dns_search: vec!["corp.example".into()],
+        ..Default::default()
+    };
+    c.configure_network(&good)
+        .await
+        .expect("a resolver-only request");
+    sleeping_container(&init, &c, "after").await;
+    let code = exec_code(
+        &c,
+        "after",
+        "r1",
+        &[
+            "sh",
+            "-c",
+            "grep -qx 'nameserver 10.0.0.53' /etc/resolv.conf && grep -qx 'search corp.example' /etc/resolv.conf",
+        ],
+    )
+    .await;
+    assert_eq!(
+        code, 0,
+        "the next container's /etc/resolv.conf names the resolver"
+    );
+}

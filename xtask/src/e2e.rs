@@ -116,11 +116,64 @@ pty-drive -- box exec -it fast sh >/tmp/e12t 2>&1; ptyrc=$?
 box rm -f fast >/dev/null 2>>/tmp/e12
 if [ -n "$p2m" ] && [ "$p2m" -gt 0 ] && [ $ptyrc = 0 ]; then ok "12 fast paths: KVM maps guest RAM with $p2m 2 MiB pages ($p4k 4 KiB), exec -it through a pty: answered, resize, exit 4"; else bad "12 fast paths" "vmm=$vmm pages_2m=[$p2m] pages_4k=[$p4k] pty=$ptyrc $(grep -v '^ok' /tmp/e12t | tail -2) $(tail -2 /tmp/e12)"; fi
 
-# The sandbox's own name and loopback: hostname (the guest's, set from the container's),
-# /etc/hostname and /etc/hosts bind-mounted by guest-init, lo up (a down lo makes the ping
-# "Network unreachable").
-out=$(box run --rm --name netc "$IMG" -- sh -c 'hostname; cat /etc/hostname; grep -c "127.0.1.1.netc" /etc/hosts; ip -o link show lo | grep -c "[<,]UP[,>]"; ping -c 1 -W 5 127.0.0.1 >/dev/null && echo pong' 2>/tmp/e13 | tr '\n' ' ')
-if [ "$out" = "netc netc 1 1 pong " ]; then ok "13 sandbox identity: hostname netc, /etc/hostname and /etc/hosts, lo up and answering"; else bad "13 identity" "out=[$out] $(tail -2 /tmp/e13)"; fi
+# The sandbox's own name and loopback, without a network: hostname (the guest's, set from
+# the container's), /etc/hostname and /etc/hosts bind-mounted by guest-init, only lo, and up
+# (a down lo makes the ping "Network unreachable").
+out=$(box run --rm --network none --name netc "$IMG" -- sh -c 'hostname; cat /etc/hostname; grep -c "127.0.1.1.netc" /etc/hosts; ip -o link | wc -l; ip -o link show lo | grep -c "[<,]UP[,>]"; ping -c 1 -W 5 127.0.0.1 >/dev/null && echo pong; wc -c < /etc/resolv.conf' 2>/tmp/e13 | tr '\n' ' ')
+if [ "$out" = "netc netc 1 1 1 pong 0 " ]; then ok "13 --network none: hostname netc, /etc/hostname and /etc/hosts, only lo, up and answering, no resolver"; else bad "13 identity" "out=[$out] $(tail -2 /tmp/e13)"; fi
+
+# The nat network: the guest's eth0 has an address of box0's subnet, a default route via the
+# node, a resolver, its own name in /etc/hosts, and reaches a server on the node.
+mkdir -p /tmp/www && echo node-page > /tmp/www/index.html
+busybox httpd -p 8000 -h /tmp/www
+out=$(box run --rm --name egress "$IMG" -- sh -c 'ip -o -4 addr show eth0 | tr -s " " | cut -d" " -f4; ip route | grep -c "^default via 10.77.0.1 dev eth0"; grep -c "^nameserver" /etc/resolv.conf; grep -c "^10\.77\.0\.[0-9]*.egress" /etc/hosts; printf "GET / HTTP/1.0\r\n\r\n" | nc -w 10 10.77.0.1 8000 | tail -1' 2>/tmp/e14 | tr '\n' ' ')
+case "$out" in 10.77.0.*/24" 1 "[1-9]" 1 node-page ") ok "14 nat network: eth0 [$(echo $out | cut -d' ' -f1)], default via 10.77.0.1, resolver, /etc/hosts, a page from the node's server";; *) bad "14 nat egress" "out=[$out] $(tail -3 /tmp/e14)";; esac
+
+# Published ports: DNAT from the node's 127.0.0.1 to a guest's httpd, shown by ps; a second
+# claim and a port a node process listens on are refused with the reason.
+# busybox's static wget crashes in glibc's resolver (in the node and in the image alike), so
+# nc speaks HTTP: get HOST PORT prints the body's last line. fetch retries until the server
+# answers (it starts after `run -d` returns), bounded.
+get() { printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 "$1" "$2" 2>/dev/null | tail -1; }
+fetch() { n=0; until page=$(get "$1" "$2"); [ -n "$page" ]; do n=$((n+1)); [ $n -ge 60 ] && break; sleep 0.5; done; echo "$page"; }
+box run -d --name web -p 8080:80 "$IMG" -- sh -c 'mkdir -p /tmp/w && echo guest-page > /tmp/w/index.html && exec httpd -f -p 80 -h /tmp/w' >/dev/null 2>/tmp/e15
+page=$(fetch 127.0.0.1 8080)
+psl=$(box ps | grep '^web ')
+box run --rm -p 8080:80 "$IMG" -- true 2>/tmp/e15b; dup=$?
+box run --rm -p 8000:80 "$IMG" -- true 2>/tmp/e15c; busy=$?
+if [ "$page" = guest-page ] && echo "$psl" | grep -q '0.0.0.0:8080->80/tcp' && [ $dup != 0 ] && grep -q "already published by sandbox web" /tmp/e15b && [ $busy != 0 ] && grep -q "in use on this host" /tmp/e15c; then ok "15 -p 8080:80: the node's 127.0.0.1:8080 gets the guest's page, ps shows 0.0.0.0:8080->80/tcp, a second -p 8080 and a port in use are refused"; else bad "15 publish" "page=[$page] ps=[$psl] dup=$dup($(tail -1 /tmp/e15b)) busy=$busy($(tail -1 /tmp/e15c)) $(tail -2 /tmp/e15)"; fi
+
+# Two sandboxes on box0 reach each other.
+webip=$(box inspect web | grep -o '"10\.77\.0\.[0-9]*/' | head -1 | tr -d '"/')
+peer=$(box run --rm "$IMG" -- sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 10 $webip 80 | tail -1" 2>/tmp/e16)
+if [ -n "$webip" ] && [ "$peer" = guest-page ]; then ok "16 sandbox to sandbox: a second sandbox gets web's page at $webip"; else bad "16 peers" "ip=[$webip] page=[$peer] $(tail -2 /tmp/e16)"; fi
+
+# rm -f leaves no TAP, no DNAT element, no lease.
+tap=$(box inspect web | grep -o '"bx[0-9a-f]*"' | tr -d '"')
+tapbefore=$(/usr/sbin/ip -o link | grep -c "$tap")
+box rm -f web 2>/tmp/e17; rc=$?
+tapafter=$(/usr/sbin/ip -o link | grep -c "$tap")
+elems=$(nft list map ip box tcp_any 2>&1 | grep -c 8080)
+leases=$(grep -l '^web$' $BOX_STATE_DIR/network/leases/* 2>/dev/null | wc -l)
+claims=$(ls $BOX_STATE_DIR/network/ports/ 2>/dev/null | wc -l)
+if [ $rc = 0 ] && [ -n "$tap" ] && [ "$tapbefore" = 1 ] && [ "$tapafter" = 0 ] && [ "$elems" = 0 ] && [ "$leases" = 0 ] && [ "$claims" = 0 ]; then ok "17 rm -f: TAP $tap gone, no DNAT element, no lease, no port claim"; else bad "17 cleanup" "rc=$rc tap=[$tap] before=$tapbefore after=$tapafter elems=$elems leases=$leases claims=$claims $(tail -2 /tmp/e17)"; fi
+
+# The pod network: CNI's bridge plugin makes a netns with a veth; box wires a TAP to it with
+# tc; the guest takes the veth's MAC and address and serves at the pod IP. A box0 subnet
+# that clashes with CNI's is refused.
+mkdir -p /var/lib/cni
+/usr/sbin/ip netns add pod1 2>/tmp/e18
+conf='{"cniVersion":"1.0.0","name":"podnet","type":"bridge","bridge":"cni0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","subnet":"10.89.0.0/24","routes":[{"dst":"0.0.0.0/0"}]}}'
+res=$(echo "$conf" | CNI_COMMAND=ADD CNI_CONTAINERID=pod1 CNI_NETNS=/run/netns/pod1 CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni /usr/lib/cni/bridge 2>>/tmp/e18)
+podip=$(echo "$res" | tr -d ' \n' | sed -n 's/.*"address":"\([0-9.]*\)\/.*/\1/p')
+box run -d --name pod --network ns:/run/netns/pod1 "$IMG" -- sh -c 'mkdir -p /tmp/w && echo pod-page > /tmp/w/index.html && exec httpd -f -p 80 -h /tmp/w' >/dev/null 2>>/tmp/e18
+ppage=$(fetch "$podip" 80)
+gmac=$(box exec pod -- ip -o link show eth0 2>>/tmp/e18 | grep -o 'link/ether [0-9a-f:]*' | cut -d' ' -f2)
+vmac=$(/usr/sbin/ip netns exec pod1 cat /sys/class/net/eth0/address 2>>/tmp/e18)
+BOX_NET_SUBNET=10.89.0.0/24 box run --rm "$IMG" -- true 2>/tmp/e18c; clash=$?
+box rm -f pod >/dev/null 2>>/tmp/e18
+/usr/sbin/ip netns del pod1 2>>/tmp/e18
+if [ -n "$podip" ] && [ "$ppage" = pod-page ] && [ -n "$gmac" ] && [ "$gmac" = "$vmac" ] && [ $clash != 0 ] && grep -q "overlaps" /tmp/e18c; then ok "18 pod network: CNI netns, TAP+tc to its veth, the guest (MAC $gmac = veth's) serves at its pod IP $podip; a clashing box0 subnet is refused ($(head -1 /tmp/e18c | cut -c1-100))"; else bad "18 pod network" "ip=[$podip] page=[$ppage] gmac=[$gmac] vmac=[$vmac] clash=$clash($(head -1 /tmp/e18c)) $(tail -3 /tmp/e18)"; fi
 
 echo "e2e: $pass passed, $fail failed"
 echo "$pass passed, $fail failed"

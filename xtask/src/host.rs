@@ -38,7 +38,28 @@ const NODE_TOOLS: &[Tool] = &[
         probe: "ldd",
         package: "libc-bin",
     },
+    // The node's network tools: nft for the nat network's rules, iproute2's ip (busybox's
+    // has no netns), and CNI's plugins for the pod-network scenario.
+    Tool {
+        probe: NFT,
+        package: "nftables",
+    },
+    Tool {
+        probe: IP,
+        package: "iproute2",
+    },
+    Tool {
+        probe: CNI_BRIDGE,
+        package: "containernetworking-plugins",
+    },
 ];
+
+pub const NFT: &str = "/usr/sbin/nft";
+pub const IP: &str = "/usr/sbin/ip";
+pub const CNI_DIR: &str = "/usr/lib/cni";
+const CNI_BRIDGE: &str = "/usr/lib/cni/bridge";
+/// The CNI plugins the node carries.
+pub const CNI_PLUGINS: &[&str] = &["bridge", "host-local", "loopback"];
 
 /// Installs whatever the node needs and is missing: one `apt-get update`, one `apt-get install`,
 /// and nothing at all when everything is present.

@@ -1,7 +1,7 @@
 //! `cargo xtask images`: everything a Box microVM boots from, cached under
 //! `target/box-images/`:
 //! - the guest kernel (Debian's cloud kernel, via [`kernel::fetch`]);
-//! - the initramfs: the static `box-init` as `/init`, the virtio/vsock/overlay modules with
+//! - the initramfs: the static `box-init` as `/init`, the virtio (block, net, vsock) and overlay modules with
 //!   their dependencies, and `/etc/box/modules` listing them in load order;
 //! - a test container image from Debian's `busybox-static`: an OCI image layout and an ext4
 //!   block image of the same root filesystem.
@@ -21,6 +21,7 @@ pub const GUEST_MODULES: &[&str] = &[
     "virtio_ring",
     "virtio_mmio",
     "virtio_blk",
+    "virtio_net",
     "vsock",
     "vmw_vsock_virtio_transport_common",
     "vmw_vsock_virtio_transport",

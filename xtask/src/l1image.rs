@@ -21,8 +21,25 @@ pub const BIN_DIR: &str = "/usr/local/bin";
 /// What L1 loads at boot, by name; [`l1_modules`] adds their dependencies in load order.
 /// kvm-amd gives L1 a real /dev/kvm; vhost_vsock gives it /dev/vhost-vsock, so qemu can give an
 /// L2 guest a vsock device that L1 processes reach over AF_VSOCK; tun gives it /dev/net/tun for
-/// the TAPs behind virtio-net.
-pub const L1_MODULE_NAMES: &[&str] = &["kvm_amd", "vhost_vsock", "tun"];
+/// the TAPs behind virtio-net. Then the networks: the bridge, nftables' NAT (L1 has no
+/// modprobe for the kernel to load them on demand), and veth with tc's ingress, u32 and
+/// mirred for the pod network.
+pub const L1_MODULE_NAMES: &[&str] = &[
+    "kvm_amd",
+    "vhost_vsock",
+    "tun",
+    "bridge",
+    "nf_tables",
+    "nft_chain_nat",
+    "nft_nat",
+    "nft_masq",
+    "nft_ct",
+    "nft_fib_ipv4",
+    "veth",
+    "sch_ingress",
+    "cls_u32",
+    "act_mirred",
+];
 
 /// L1's modules in load order: (canonical name, path relative to `lib/modules/<release>`).
 pub fn l1_modules(k: &Kernel) -> Result<Vec<(String, PathBuf)>> {
@@ -122,6 +139,16 @@ fn base_tree(k: &Kernel) -> Result<Tree> {
     for rel in GUEST_MODULES {
         t.path(&format!("{}/{rel}", g.modules), &k.modules.join(rel))?;
     }
+    // Network tools, by full path: busybox's applets shadow `ip` in sh.
+    t.executable("usr/sbin/nft", Path::new(host::NFT))?;
+    t.executable("usr/sbin/ip", Path::new(host::IP))?;
+    for p in host::CNI_PLUGINS {
+        let src = Path::new(host::CNI_DIR).join(p);
+        t.executable(&format!("usr/lib/cni/{p}"), &src)?;
+    }
+    // `ip netns` keeps namespaces under /var/run/netns.
+    t.dir("var");
+    t.symlink("var/run", "/run");
     // qemu inside L1: the reference VMM that benchmarks compare box-vmm against.
     let qemu = host::which("qemu-system-x86_64")
         .context("qemu-system-x86_64 (package qemu-system-x86)")?;

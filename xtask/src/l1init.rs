@@ -56,6 +56,7 @@ $B mount -t tmpfs tmpfs /tmp
 $B mount -t tmpfs tmpfs /run
 $B --install -s
 {insmods}$B hostname box-node
+$B ip link set lo up
 export PATH={BIN_DIR}:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin
 export HOME=/root TERM=dumb
 export BOX_KERNEL={bz} BOX_VMLINUX={vmlinux} BOX_MODULES={modules}

@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod events;
+pub mod net;
 pub mod stream;
 
 /// A listener of guest-init, identified the same way on both transports.

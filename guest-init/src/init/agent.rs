@@ -1,5 +1,5 @@
-//! Box's own sandbox-level service: health (readiness), orderly shutdown, and the one-call
-//! exec path (RunProcess).
+//! Box's own sandbox-level service: health (readiness), orderly shutdown, the one-call exec
+//! path (RunProcess), and the sandbox's network (ConfigureNetwork).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -8,12 +8,13 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use ttrpc::r#async::TtrpcContext;
 
+use super::net;
 use super::signals::ShutdownCause;
 use super::streams::DEFINE_WAIT;
 use super::task::{ProcessRequest, TaskError, Tasks};
 use crate::api::agent::{
-    HealthRequest, HealthResponse, RunProcessRequest, RunProcessResponse, ShutdownRequest,
-    ShutdownResponse,
+    ConfigureNetworkRequest, ConfigureNetworkResponse, HealthRequest, HealthResponse,
+    RunProcessRequest, RunProcessResponse, ShutdownRequest, ShutdownResponse,
 };
 
 pub struct AgentService {
@@ -88,5 +89,31 @@ impl crate::api::agent::Agent for AgentService {
                 .map_or(0, |d| d.as_nanos() as u64);
         }
         Ok(resp)
+    }
+
+    async fn configure_network(
+        &self,
+        _: &TtrpcContext,
+        req: ConfigureNetworkRequest,
+    ) -> ttrpc::Result<ConfigureNetworkResponse> {
+        let plan = net::Plan::parse(&req).map_err(|e| TaskError::InvalidArgument(e.to_string()))?;
+        if !plan.interfaces.is_empty() || !plan.routes.is_empty() {
+            // A host-process init shares the host's network namespace: its interfaces are
+            // the host's, never the sandbox's to configure.
+            if !self.tasks.in_vm() {
+                return Err(TaskError::FailedPrecondition(
+                    "configuring interfaces needs a VM: a host-process sandbox shares the host's network"
+                        .into(),
+                )
+                .into());
+            }
+            net::apply(&plan).await.map_err(|e| match e {
+                net::NetError::Invalid(m) => TaskError::InvalidArgument(m),
+                net::NetError::NoSuchInterface(_) => TaskError::FailedPrecondition(e.to_string()),
+                e => TaskError::Internal(e.to_string()),
+            })?;
+        }
+        self.tasks.set_identity(plan.identity);
+        Ok(ConfigureNetworkResponse::default())
     }
 }

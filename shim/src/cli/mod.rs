@@ -19,6 +19,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::agent_client::{ClientError, StdioRequest};
+use crate::network::{NetworkMode, PortMapping};
 use crate::sandbox::state::{self, SandboxState, StateError, StateRoot};
 use crate::sandbox::vmm_process::ChildRegistry;
 use crate::sandbox::{self, backend, CreateOptions, Sandbox, SandboxError};
@@ -158,6 +159,14 @@ pub struct RunArgs {
     /// Cap of the container log kept by `-d` (bytes, or with k/m/g), one rotation kept.
     #[arg(long, value_parser = parse_size)]
     pub log_max_size: Option<u64>,
+    /// nat (default: the box0 bridge, NAT to the host's networks), none (only lo), or
+    /// ns:PATH (a network namespace made by CNI: the guest takes its veth's identity).
+    #[arg(long, value_parser = parse_network)]
+    pub network: Option<NetworkMode>,
+    /// [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp]: publish a guest port on the host (DNAT);
+    /// repeatable.
+    #[arg(short = 'p', long = "publish", value_parser = parse_publish)]
+    pub publish: Vec<PortMapping>,
     /// Seconds the container may take to exit after its attached client is hung up on
     /// (SIGHUP forwarded), before it is killed.
     #[arg(long, default_value_t = 10)]
@@ -292,6 +301,9 @@ async fn run(root: &StateRoot, a: RunArgs) -> Result<i32, CliError> {
             .ok()
             .and_then(|s| s.parse().ok())
             .map(Duration::from_secs),
+        // None: the backend's own default (a host-process sandbox has no network).
+        network: a.network,
+        publish: a.publish,
     };
     let mut sb = Sandbox::create(root, backend.as_ref(), &opts).await?;
     if a.detach {
@@ -493,8 +505,8 @@ fn shorten(s: &str, width: usize) -> String {
 fn ps(root: &StateRoot, all: bool) -> Result<i32, CliError> {
     let now = state::now();
     println!(
-        "{:<20} {:<9} {:<32} {:<8} STATUS",
-        "NAME", "STATE", "IMAGE", "UPTIME"
+        "{:<20} {:<9} {:<32} {:<8} {:<15} {:<12} PORTS",
+        "NAME", "STATE", "IMAGE", "UPTIME", "ADDRESS", "STATUS"
     );
     for r in root.list()? {
         let st = sandbox::effective_state(&r);
@@ -519,13 +531,26 @@ fn ps(root: &StateRoot, all: bool) -> Result<i32, CliError> {
             _ => String::new(),
         };
         let image = shorten(&r.image, 32);
+        let net = r.network.as_ref();
+        let address = net.and_then(|n| n.ip()).unwrap_or_else(|| "-".into());
+        let ports = net
+            .map(|n| {
+                n.ports
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
         println!(
-            "{:<20} {:<9} {:<32} {:<8} {}",
+            "{:<20} {:<9} {:<32} {:<8} {:<15} {:<12} {}",
             r.name,
             st.to_string(),
             image,
             uptime,
-            status
+            address,
+            status,
+            ports
         );
     }
     Ok(0)
@@ -550,6 +575,16 @@ fn logs(root: &StateRoot, name: &str) -> Result<i32, CliError> {
         ))),
         Err(e) => Err(CliError::Io(format!("{}: {e}", current.display()))),
     }
+}
+
+fn parse_network(s: &str) -> Result<NetworkMode, String> {
+    s.parse()
+        .map_err(|e: crate::network::NetworkError| e.to_string())
+}
+
+fn parse_publish(s: &str) -> Result<PortMapping, String> {
+    s.parse()
+        .map_err(|e: crate::network::NetworkError| e.to_string())
 }
 
 /// `123`, `64k`, `10m`, `1g` (powers of 1024, as docker's sizes).

@@ -19,6 +19,7 @@ use super::state::{BackendKind, Paths, StateRoot};
 use super::vmm_process::Spawned;
 use super::SandboxError;
 use crate::agent_client::{Endpoint, RootfsMount};
+use crate::network::NetworkMode;
 use box_images::disk::build_ext4;
 use box_images::ResolvedImage;
 
@@ -29,10 +30,15 @@ pub struct LaunchSpec<'a> {
     pub memory_mib: u32,
     /// Jail the VMM (microVM backend; `--no-jail` turns it off).
     pub jail: bool,
+    /// The guest NIC's TAP (opened by the host library) and MAC.
+    pub net: Option<(&'a std::os::fd::OwnedFd, &'a str)>,
 }
 
 pub trait Backend: Send + Sync {
     fn kind(&self) -> BackendKind;
+
+    /// The network a sandbox gets when none is asked for.
+    fn default_network(&self) -> NetworkMode;
 
     /// Checks that this host can run the backend at all; errors are one actionable line.
     fn preflight(&self) -> Result<(), SandboxError>;
@@ -216,6 +222,10 @@ impl Backend for MicroVm {
         BackendKind::MicroVm
     }
 
+    fn default_network(&self) -> NetworkMode {
+        NetworkMode::Nat
+    }
+
     fn preflight(&self) -> Result<(), SandboxError> {
         check_kvm(Path::new("/dev/kvm"), Path::new("/sys/module/kvm_pvm"))?;
         for (what, p, var) in [
@@ -314,6 +324,20 @@ impl Backend for MicroVm {
         if self.boot_timer {
             cmd.arg("--boot-timer");
         }
+        if let Some((tap, mac)) = spec.net {
+            // The TAP goes in as fd 3 (command-fds closes the gap between fork and exec
+            // that a plain inherited descriptor would leak into other children).
+            use command_fds::{CommandFdExt, FdMapping};
+            let fd = tap
+                .try_clone()
+                .map_err(|e| SandboxError::Io(format!("duplicating the TAP fd: {e}")))?;
+            cmd.fd_mappings(vec![FdMapping {
+                parent_fd: fd,
+                child_fd: TAP_FD,
+            }])
+            .map_err(|e| SandboxError::Io(format!("passing the TAP fd: {e}")))?;
+            cmd.arg("--net").arg(format!("fd={TAP_FD},mac={mac}"));
+        }
         spawn_logged(&mut cmd, log)?.map_err(|e| {
                 SandboxError::Preflight(format!(
                     "cannot run box-vmm ({}): {e}; build it with `cargo build -p box-vmm` or set BOX_VMM",
@@ -339,6 +363,9 @@ impl Backend for MicroVm {
     }
 }
 
+/// The descriptor box-vmm finds its TAP at.
+const TAP_FD: i32 = 3;
+
 /// The microVM's own directory inside the sandbox's: the VMM's jail root (its sockets and
 /// console; kernel, initramfs and disks are bound in by box-vmm itself).
 pub const JAIL_DIR: &str = "vmm";
@@ -362,6 +389,11 @@ impl HostProcess {
 impl Backend for HostProcess {
     fn kind(&self) -> BackendKind {
         BackendKind::HostProcess
+    }
+
+    /// It shares the host's network namespace: it has no network of its own to make.
+    fn default_network(&self) -> NetworkMode {
+        NetworkMode::None
     }
 
     fn preflight(&self) -> Result<(), SandboxError> {

@@ -25,6 +25,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::agent_client::{ClientError, Endpoint, GuestClient, StdioRequest};
+use crate::network::{self, NetworkMode, PortMapping};
 use backend::{Backend, LaunchSpec};
 use state::{BackendKind, Paths, Pids, Record, RunConfig, SandboxState, StateError, StateRoot};
 use vmm_process::{ProcRef, Spawned};
@@ -47,6 +48,9 @@ pub enum SandboxError {
         reason: String,
         console_tail: Vec<String>,
     },
+    /// Creation failed before anything was launched (there is no console to quote).
+    #[error("sandbox {name} failed to start: {reason}")]
+    SetupFailed { name: String, reason: String },
     #[error("sandbox {0} is not running")]
     NotRunning(String),
     #[error("sandbox {0} is running: stop it first, or use box rm -f")]
@@ -104,6 +108,10 @@ pub struct CreateOptions {
     pub pids_limit: Option<i64>,
     /// How long a guest that runs but never answers is waited for.
     pub boot_backstop: Option<Duration>,
+    /// `--network`; None: the backend's default (`nat` for microVMs).
+    pub network: Option<NetworkMode>,
+    /// `-p`.
+    pub publish: Vec<PortMapping>,
 }
 
 /// vCPUs and memory a sandbox may ask for: box-vmm's own bounds (32 vCPUs, 64 GiB), and a
@@ -134,6 +142,9 @@ impl CreateOptions {
         }
         if let Some(n) = &self.name {
             state::validate_name(n)?;
+        }
+        if !self.publish.is_empty() && self.network == Some(NetworkMode::None) {
+            return bad("-p needs a network: --network none publishes nothing".into());
         }
         Ok(())
     }
@@ -354,6 +365,7 @@ impl Sandbox {
                 user: ids,
                 pids_limit: opts.pids_limit,
             },
+            network: None,
         };
         root.write(&record)?;
         // From here on every failure is recorded, and the record stays until `box rm`.
@@ -362,6 +374,8 @@ impl Sandbox {
             Ok(sb) => Ok(sb),
             Err(reason) => {
                 let console_tail = mark_failed(root, &name, &reason);
+                // A failed sandbox publishes nothing; its address stays leased until rm.
+                network::unpublish(root, &name);
                 // Not even Failed could be recorded (the state directory's disk is gone):
                 // a process nothing can find through its record must not live on.
                 let recorded = root
@@ -374,6 +388,9 @@ impl Sandbox {
                     })
                     .await
                     .ok();
+                }
+                if process.is_none() {
+                    return Err(SandboxError::SetupFailed { name, reason });
                 }
                 Err(SandboxError::BootFailed {
                     name,
@@ -399,14 +416,43 @@ impl Sandbox {
             .map_err(|e| e.to_string())?;
         record.paths.disk = disk;
         root.write(&record).map_err(|e| e.to_string())?;
+        let mode = opts
+            .network
+            .clone()
+            .unwrap_or_else(|| backend.default_network());
+        if backend.kind() == BackendKind::HostProcess && mode != NetworkMode::None {
+            return Err(format!(
+                "--network {mode}: the host-process backend shares the host's network; use --network none"
+            ));
+        }
+        // Recorded before it is made: a crash from here on leaves a record naming it.
+        record.network = Some(network::Attachment {
+            mode: mode.clone(),
+            ..Default::default()
+        });
+        root.write(&record).map_err(|e| e.to_string())?;
+        let live = |n: &str| {
+            root.load(n)
+                .is_ok_and(|r| effective_state(&r) == SandboxState::Running)
+        };
+        let net = network::attach(root, &record.name, &record.id, &mode, &opts.publish, &live)
+            .await
+            .map_err(|e| format!("setting up the network: {e}"))?;
+        record.network = Some(net.attachment.clone());
+        root.write(&record).map_err(|e| e.to_string())?;
+        phase("network attached");
+        let mac = net.attachment.interface.as_ref().map(|i| i.mac.clone());
         let spawned = backend
             .launch(&LaunchSpec {
                 paths: &record.paths,
                 cpus: record.config.cpus,
                 memory_mib: record.config.memory_mib,
                 jail: !opts.no_jail,
+                net: net.tap.as_ref().zip(mac.as_deref()),
             })
             .map_err(|e| e.to_string())?;
+        // box-vmm holds the TAP now: once it exits, the TAP goes.
+        drop(net.tap);
         *process = Some(spawned.clone());
         phase("process launched");
         record.pids.vmm = Some(spawned.proc_ref);
@@ -424,6 +470,13 @@ impl Sandbox {
             record.pids.init = host_init_pid(spawned.proc_ref.pid);
         }
         root.write(&record).map_err(|e| e.to_string())?;
+        if mode != NetworkMode::None {
+            client
+                .configure_network(&net.attachment.guest_request())
+                .await
+                .map_err(|e| format!("configuring the guest's network: {e}"))?;
+            phase("network configured");
+        }
         let spec = container_spec(
             &record.name,
             process_spec(
@@ -648,6 +701,8 @@ pub fn record_exit(
         r.oom_killed |= oom_killed;
         r.finished_at.get_or_insert_with(state::now);
     })?;
+    // Ended: its ports are free for others (docker's behaviour); its address stays until rm.
+    network::unpublish(root, name);
     Ok(r)
 }
 
@@ -745,6 +800,7 @@ fn kill_and_remove<'a>(
             )));
         }
     }
+    network::release(root, name);
     root.remove(name)?;
     jail::remove_cgroup(name);
     Ok(())

@@ -137,6 +137,9 @@ pub struct Record {
     pub console_tail: Vec<String>,
     pub paths: Paths,
     pub config: RunConfig,
+    /// The sandbox's network: what was made for it, so that stop and rm undo exactly that.
+    #[serde(default)]
+    pub network: Option<crate::network::Attachment>,
 }
 
 impl Record {
@@ -161,6 +164,7 @@ impl Record {
                 ..Paths::default()
             },
             config: RunConfig::default(),
+            network: None,
         }
     }
 }
@@ -484,6 +488,7 @@ mod tests {
             console_tail: Vec::new(),
             paths: Paths::default(),
             config: RunConfig::default(),
+            network: None,
         }
     }
 

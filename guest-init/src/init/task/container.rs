@@ -21,6 +21,7 @@ use crate::api::events::{
 use crate::api::stream::StreamKind;
 use crate::init::cgroup::Cgroup;
 use crate::init::events::{timestamp, Events};
+use crate::init::net::Identity;
 use crate::init::process::spawn::{spawn_held, Held, Launch, PidNs, RootSetup};
 use crate::init::process::stdio::{Io, Wanted};
 use crate::init::process::{launch, seccomp};
@@ -83,6 +84,8 @@ pub struct Tasks {
     defined: watch::Sender<u64>,
     /// In a VM (not a host process): the guest's hostname is the container's.
     vm: bool,
+    /// What `ConfigureNetwork` set, for each new container's /etc files.
+    identity: Mutex<Identity>,
 }
 
 /// Retries `lookup` while it answers NotFound, each time `defined` is bumped, for at most
@@ -127,7 +130,18 @@ impl Tasks {
             drain_grace,
             defined: watch::channel(0).0,
             vm,
+            identity: Mutex::default(),
         }
+    }
+
+    /// Whether this init runs in a VM (it owns the machine's network then).
+    pub fn in_vm(&self) -> bool {
+        self.vm
+    }
+
+    /// Records what the sandbox's network is, for the containers created from now on.
+    pub fn set_identity(&self, identity: Identity) {
+        *self.identity.lock().unwrap_or_else(|p| p.into_inner()) = identity;
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Container>>> {
@@ -291,7 +305,12 @@ impl Tasks {
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| id.chars().take(12).collect());
         let mut mounts = spec.mounts().clone().unwrap_or_default();
-        mounts.extend(super::etc::prepare(bundle, &hostname, &mounts)?);
+        let identity = self
+            .identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        mounts.extend(super::etc::prepare(bundle, &hostname, &identity, &mounts)?);
         if self.vm {
             // The VM is the sandbox: its one UTS namespace carries the container's name.
             nix::unistd::sethostname(&hostname)
