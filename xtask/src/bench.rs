@@ -12,6 +12,12 @@
 //! 3. **`box exec NAME -- true`**: median wall time of `--execs` runs and the exchanges with
 //!    the guest the CLI counted.
 //!
+//! 4. **Network**: box-vmm (`--net tap=`) and `qemu -M microvm` with `virtio-net-device` on
+//!    the same persistent TAP (qemu's userspace virtio-net, `vhost=off`: L1 has no vhost-net,
+//!    and box-vmm's device is userspace too) boot the VMM tier's guest in its `netbench` mode:
+//!    `--net-mib` MiB node→guest and guest→node over TCP, and `--rr` one-byte TCP round trips,
+//!    all timed by `box-vmm-probe` on the node's clock.
+//!
 //! `--baseline DIR` adds the same `box run`/`box exec` measurements for the `box` and `box-vmm`
 //! binaries in DIR (e.g. a build of an older commit), with the bzImage kernel, so "before" and
 //! "after" are measured in one node. Absolute numbers are inflated by nested TCG; only the
@@ -44,6 +50,18 @@ pub struct BenchArgs {
     /// A directory holding an older build's `box` and `box-vmm`, measured beside this one.
     #[arg(long)]
     pub baseline: Option<PathBuf>,
+    /// Network boots per VMM (0 skips the network part).
+    #[arg(long, default_value_t = 2)]
+    pub net_runs: u32,
+    /// MiB moved each way per network boot.
+    #[arg(long, default_value_t = 64)]
+    pub net_mib: u32,
+    /// One-byte TCP round trips per network boot (the latency).
+    #[arg(long, default_value_t = 500)]
+    pub rr: u32,
+    /// Only the network part (no boot or `box` measurements).
+    #[arg(long)]
+    pub net_only: bool,
 }
 
 /// The VMMs in table order. `box-vmm-default` is box-vmm with its own default command line
@@ -111,6 +129,173 @@ BOX_LOG=box_shim=info /tmp/bx-{label} exec ex -- true 2>&1 | grep -o '[0-9]* exc
 /tmp/bx-{label} rm -f ex >/dev/null 2>&1
 "#
     )
+}
+
+/// The network legs per VMM, alternating box-vmm and qemu on one persistent TAP (10.99.0.1 on
+/// the node, 10.99.0.2 in the guest, the same MAC for both so the node's neighbour entry
+/// holds). Every leg is bounded: the probe fails a leg after 60 s without progress, and the
+/// shell kills what outlives its backstop.
+fn net_script(runs: u32, mib: u32, rr: u32, baseline: bool) -> String {
+    let bytes = u64::from(mib) << 20;
+    let base = if baseline {
+        r#"    netrun box-vmm-baseline $i box-vmm-baseline --kernel "$BOX_VMLINUX" --initrd $G --mem 256 --cpus 1 --cmdline "$CMD" --net tap=boxtap0,$NET"#
+    } else {
+        ""
+    };
+    format!(
+        r#"
+box-vmm-probe tap-persist boxtap0 >/dev/null 2>&1
+ip addr add 10.99.0.1/24 dev boxtap0
+ip link set boxtap0 up
+G={GUEST_INITRD}
+CMD="{GUEST_CMDLINE} box.test=netbench box.netbytes={bytes}"
+NET="mac=02:b0:c5:99:00:02"
+bounded() {{ ( sleep "$2"; kill -9 "$1" 2>/dev/null ) & bw=$!; wait "$1"; r=$?; kill $bw 2>/dev/null; return $r; }}
+netrun() {{
+    label=$1; i=$2; shift 2
+    box-vmm-probe tcp-sink 7000 > /tmp/sink.out 2>&1 &
+    spid=$!
+    "$@" > /tmp/nb-con.log 2>&1 &
+    vpid=$!
+    n=0
+    while ! grep -q "probe: net-ready" /tmp/nb-con.log; do
+        kill -0 $vpid 2>/dev/null || break
+        n=$((n+1)); [ $n -gt 1200 ] && break
+        sleep 0.1
+    done
+    if grep -q "probe: net-ready" /tmp/nb-con.log; then
+        echo "bench net $label $i to-guest $(box-vmm-probe tcp-send 10.99.0.2:7001 {bytes} 2>&1 | tail -n 1)"
+        echo "bench net $label $i rr $(box-vmm-probe tcp-rr 10.99.0.2:7002 {rr} 2>&1 | tail -n 1)"
+        bounded $spid 200
+        echo "bench net $label $i from-guest $(tail -n 1 /tmp/sink.out)"
+    else
+        echo "bench net $label $i error: no net-ready from the guest: $(tail -n 3 /tmp/nb-con.log | tr '\r\n' '  ')"
+        kill $spid 2>/dev/null
+    fi
+    bounded $vpid 60
+}}
+for i in $(seq 1 {runs}); do
+    netrun box-vmm $i box-vmm --kernel "$BOX_VMLINUX" --initrd $G --mem 256 --cpus 1 --cmdline "$CMD" --net tap=boxtap0,$NET
+    netrun qemu $i qemu-system-x86_64 -M microvm,x-option-roms=off,rtc=on -enable-kvm -cpu host -m 256 -smp 1 -nodefaults -no-user-config -nographic -serial stdio -no-reboot -kernel "$BOX_VMLINUX" -initrd $G -append "$CMD box.end=poweroff" -netdev tap,id=n0,ifname=boxtap0,script=no,downscript=no,vnet_hdr=on,vhost=off -device virtio-net-device,netdev=n0,$NET
+{base}
+done
+"#
+    )
+}
+
+/// `bench net <vmm> <i> <leg> probe: ...` → (vmm, leg, value): MiB/s for the transfer legs,
+/// µs for the round trips (`rr`, their mean).
+fn parse_net(line: &str) -> Vec<(&str, &'static str, f64)> {
+    let Some(rest) = line.trim_end().strip_prefix("bench net ") else {
+        return Vec::new();
+    };
+    let mut w = rest.split_whitespace();
+    let (Some(vmm), Some(_i), Some(leg)) = (w.next(), w.next(), w.next()) else {
+        return Vec::new();
+    };
+    let field = |k: &str| -> Option<f64> {
+        rest.split_whitespace()
+            .find_map(|x| x.strip_prefix(k)?.strip_prefix('='))?
+            .parse()
+            .ok()
+    };
+    let mibps = |bytes: f64, ms: f64| (ms > 0.0).then(|| bytes / 1048576.0 / (ms / 1000.0));
+    match leg {
+        "to-guest" => {
+            let bytes = rest
+                .split_once("probe: tcp-sent ")
+                .and_then(|(_, r)| r.split_whitespace().next()?.parse().ok());
+            match (bytes, field("ms")) {
+                (Some(b), Some(ms)) => mibps(b, ms)
+                    .map(|v| vec![(vmm, "to-guest", v)])
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            }
+        }
+        "from-guest" => match (field("bytes"), field("ms")) {
+            (Some(b), Some(ms)) if b > 0.0 => mibps(b, ms)
+                .map(|v| vec![(vmm, "from-guest", v)])
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        },
+        "rr" => field("mean_us")
+            .map(|v| vec![(vmm, "rr", v)])
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+/// The network table: medians per VMM and box-vmm's ratio to qemu; failed legs are listed.
+fn net_table(console: &str) -> String {
+    let mut vals: BTreeMap<(String, &str), Vec<f64>> = BTreeMap::new();
+    let mut failures = Vec::new();
+    for l in console.lines().filter(|l| l.starts_with("bench net ")) {
+        let got = parse_net(l);
+        if got.is_empty() {
+            failures.push(l.trim_end().to_string());
+        }
+        for (vmm, leg, v) in got {
+            vals.entry((vmm.to_string(), leg)).or_default().push(v);
+        }
+    }
+    let of = |vmm: &str, leg: &str| median_of(vals.get(&(vmm.to_string(), leg)));
+    let n = |vmm: &str| vals.get(&(vmm.to_string(), "to-guest")).map_or(0, Vec::len);
+    let baseline = vals.keys().any(|(v, _)| v == "box-vmm-baseline");
+    let mut t = format!(
+        "| network (median) | box-vmm (n={}) | qemu (n={}) | box-vmm/qemu |",
+        n("box-vmm"),
+        n("qemu")
+    );
+    if baseline {
+        t.push_str(&format!(
+            " box-vmm-baseline (n={}) | box-vmm/baseline |",
+            n("box-vmm-baseline")
+        ));
+    }
+    t.push_str(&format!(
+        "\n{}|\n",
+        "|---".repeat(if baseline { 6 } else { 4 })
+    ));
+    for (name, leg, unit) in [
+        ("TCP node → guest (higher is better)", "to-guest", "MiB/s"),
+        ("TCP guest → node (higher is better)", "from-guest", "MiB/s"),
+        ("TCP 1-byte round trip, mean (lower is better)", "rr", "µs"),
+    ] {
+        let cell = |v: f64| {
+            if v.is_nan() {
+                "-".to_string()
+            } else if unit == "µs" {
+                format!("{v:.0} {unit}")
+            } else {
+                format!("{v:.2} {unit}")
+            }
+        };
+        let ratio = |a: f64, b: f64| {
+            let r = a / b;
+            if r.is_finite() {
+                format!("{r:.2}")
+            } else {
+                "-".into()
+            }
+        };
+        let (a, q) = (of("box-vmm", leg), of("qemu", leg));
+        t.push_str(&format!(
+            "| {name} | {} | {} | {} |",
+            cell(a),
+            cell(q),
+            ratio(a, q)
+        ));
+        if baseline {
+            let b = of("box-vmm-baseline", leg);
+            t.push_str(&format!(" {} | {} |", cell(b), ratio(a, b)));
+        }
+        t.push('\n');
+    }
+    for f in failures {
+        t.push_str(&format!("\nfailed: {f}"));
+    }
+    t.push('\n');
+    t
 }
 
 /// One measured boot: `probe: boot-time ms=.. exit_ms=.. key=value ... exit=..`.
@@ -405,61 +590,84 @@ fn box_table(console: &str) -> String {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let art = vmm_tier::prepare()?;
-    let prod = product::prepare()?;
     let firecracker = args
         .firecracker
         .clone()
         .or_else(|| std::env::var_os("BOX_BENCH_FIRECRACKER").map(PathBuf::from))
         .filter(|p| p.is_file());
-    if firecracker.is_none() {
+    if firecracker.is_none() && !args.net_only {
         println!(
             "bench: no Firecracker binary (--firecracker PATH or $BOX_BENCH_FIRECRACKER; the build recipe is ../shared/docs/firecracker.md): comparing box-vmm and qemu only"
         );
     }
     let mut spec = art.node_spec(String::new(), Duration::ZERO);
-    spec.bins.extend(prod.bins.iter().cloned());
-    spec.files.extend(prod.files.iter().cloned());
-    if let Some(fc) = &firecracker {
-        spec.bins.push(fc.clone());
-    }
     // The node's $BOX_KERNEL is the bzImage; the prologue points box at the ELF vmlinux.
     let mut script = format!("BOX_BZIMAGE=\"$BOX_KERNEL\"; {}", product::env_prologue());
-    script.push_str(&vmm_script(args.runs, firecracker.is_some()));
-    script.push_str(&box_script("this", "box", "", args.box_runs, args.execs));
+    let mut timeout = 300;
     if let Some(dir) = &args.baseline {
-        // Renamed copies, so they sit on L1's PATH beside this build's.
+        // Renamed copies, so they sit on L1's PATH beside this build's. The network part
+        // needs only box-vmm.
         let stage = crate::paths::target_dir().join("bench-baseline");
         std::fs::create_dir_all(&stage)?;
         for (from, to) in [("box", "box-baseline"), ("box-vmm", "box-vmm-baseline")] {
             let src = dir.join(from);
+            if args.net_only && from == "box" {
+                continue;
+            }
             std::fs::copy(&src, stage.join(to))
                 .with_context(|| format!("--baseline: {}", src.display()))?;
             spec.bins.push(stage.join(to));
         }
-        // As that build ran in the node: the bzImage, its own state directory.
-        script.push_str(&box_script(
-            "baseline",
-            "box-baseline",
-            "BOX_VMM=$(command -v box-vmm-baseline) BOX_KERNEL=$BOX_BZIMAGE",
-            args.box_runs,
-            args.execs,
-        ));
+    }
+    if !args.net_only {
+        let prod = product::prepare()?;
+        spec.bins.extend(prod.bins.iter().cloned());
+        spec.files.extend(prod.files.iter().cloned());
+        if let Some(fc) = &firecracker {
+            spec.bins.push(fc.clone());
+        }
+        script.push_str(&vmm_script(args.runs, firecracker.is_some()));
+        script.push_str(&box_script("this", "box", "", args.box_runs, args.execs));
+        if args.baseline.is_some() {
+            // As that build ran in the node: the bzImage, its own state directory.
+            script.push_str(&box_script(
+                "baseline",
+                "box-baseline",
+                "BOX_VMM=$(command -v box-vmm-baseline) BOX_KERNEL=$BOX_BZIMAGE",
+                args.box_runs,
+                args.execs,
+            ));
+        }
+        let boots = u64::from(args.runs) * 3;
+        let boxes = u64::from(args.box_runs + 2) * if args.baseline.is_some() { 2 } else { 1 };
+        let execs = u64::from(args.execs) * if args.baseline.is_some() { 2 } else { 1 };
+        timeout += 40 * boots + 90 * boxes + 5 * execs;
+    }
+    if args.net_runs > 0 {
+        let baseline = args.baseline.is_some();
+        script.push_str(&net_script(args.net_runs, args.net_mib, args.rr, baseline));
+        // Each boot's legs are bounded by the script (60 s without progress; 200 s for the
+        // sink, 60 s for the exit).
+        let vmms = if baseline { 3 } else { 2 };
+        timeout += u64::from(args.net_runs) * vmms * 420;
     }
     spec.command = script;
-    let boots = u64::from(args.runs) * 3;
-    let boxes = u64::from(args.box_runs + 2) * if args.baseline.is_some() { 2 } else { 1 };
-    let execs = u64::from(args.execs) * if args.baseline.is_some() { 2 } else { 1 };
-    spec.timeout = Duration::from_secs(300 + 40 * boots + 90 * boxes + 5 * execs);
+    spec.timeout = Duration::from_secs(timeout);
     let out = node::run_in_node(&spec)?;
     for l in out.console.lines().filter(|l| l.starts_with("bench ")) {
         println!("{l}");
     }
+    println!("\nbench: one L1 node (L1 under qemu TCG: compare ratios only)\n");
+    if args.net_runs > 0 {
+        print!("{}", net_table(&out.console));
+        println!();
+    }
+    if args.net_only {
+        return Ok(());
+    }
     match vmm_table(&out.console) {
         Ok(t) => {
-            println!(
-                "\nbench: {} boots per VMM in one L1 node (L1 under qemu TCG: compare ratios only)\n",
-                args.runs
-            );
+            println!("{} boots per VMM\n", args.runs);
             print!("{t}");
             println!();
             print!("{}", box_table(&out.console));
@@ -543,5 +751,39 @@ mod tests {
         assert!(t.contains("VMM up at 5 ms"), "{t}");
         assert_eq!(duration_ms("1.5s"), Some(1500.0));
         assert_eq!(duration_ms("250µs"), Some(0.25));
+    }
+
+    #[test]
+    fn parses_network_legs_and_builds_the_net_table() {
+        let console = "bench net box-vmm 1 to-guest probe: tcp-sent 33554432 ms=4000\n\
+                       bench net box-vmm 1 rr probe: tcp-rr n=200 mean_us=500\n\
+                       bench net box-vmm 1 from-guest probe: tcp-sink bytes=33554432 ms=8000\n\
+                       bench net qemu 1 to-guest probe: tcp-sent 33554432 ms=2000\n\
+                       bench net qemu 1 rr probe: tcp-rr n=200 mean_us=1000\n\
+                       bench net qemu 1 from-guest probe: error: read after 5 bytes: timed out\n\
+                       bench net qemu 2 error: no net-ready from the guest: panic\n";
+        let t = net_table(console);
+        assert!(
+            t.contains("| TCP node → guest (higher is better) | 8.00 MiB/s | 16.00 MiB/s | 0.50 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| TCP guest → node (higher is better) | 4.00 MiB/s | - | - |"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "| TCP 1-byte round trip, mean (lower is better) | 500 µs | 1000 µs | 0.50 |"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("failed: bench net qemu 1 from-guest probe: error"),
+            "{t}"
+        );
+        assert!(
+            t.contains("failed: bench net qemu 2 error: no net-ready"),
+            "{t}"
+        );
     }
 }

@@ -102,8 +102,10 @@ pub fn prepare() -> Result<Artifacts> {
 }
 
 /// The L2 guest's /init. Its mode comes from `box.test=` on the kernel command line:
-/// `bench` prints the marker, pauses a second (the bench samples memory then) and resets; `reboot` loads the modules and reboots; `full`
-/// runs the disk and vsock checks' guest halves, then powers off.
+/// `bench` prints the marker, pauses a second (the bench samples memory then) and resets;
+/// `reboot` loads the modules and reboots; `netbench` is the network benchmark's guest
+/// (`box-vmm-probe net-guest`, `box.netbytes=N` bytes back to L1); `full` runs the disk and
+/// vsock checks' guest halves, then powers off.
 const GUEST_INIT: &str = r#"#!/bin/busybox sh
 B=/bin/busybox
 $B mount -t proc proc /proc
@@ -124,6 +126,15 @@ done
 if [ "$mode" = reboot ]; then
     echo "guest: reboot -f"
     reboot -f
+fi
+if [ "$mode" = netbench ]; then
+    i=0
+    while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do i=$((i+1)); sleep 0.1; done
+    ip link set lo up
+    ip link set eth0 up
+    ip addr add 10.99.0.2/24 dev eth0
+    box-vmm-probe net-guest 10.99.0.1:7000 $(sed -n 's/.*box\.netbytes=\([0-9]*\).*/\1/p' /proc/cmdline)
+    case "$(cat /proc/cmdline)" in *box.end=poweroff*) poweroff -f;; *) reboot -f;; esac
 fi
 i=0
 while [ ! -b /dev/vda ] || [ ! -b /dev/vdb ] || [ ! -e /dev/vsock ] || [ ! -e /sys/class/net/eth0 ]; do

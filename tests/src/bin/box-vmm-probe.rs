@@ -17,8 +17,15 @@
 //!                                             stderr is the probe's)
 //! box-vmm-probe wall -- CMD                    host: run CMD, print its wall time and exit code
 //! box-vmm-probe tap-persist NAME               host: create a persistent TAP (vnet headers) NAME
-//! box-vmm-probe tcp-send ADDR:PORT LEN         guest: send LEN pattern bytes over TCP, half-close,
-//!                                             and wait for the peer's close (all delivered)
+//! box-vmm-probe tcp-send ADDR:PORT LEN         send LEN pattern bytes over TCP, half-close, wait
+//!                                             for the peer's close (all delivered); prints ms
+//! box-vmm-probe tcp-sink PORT                  host: take one TCP connection, read it to EOF,
+//!                                             print bytes and ms from accept to EOF
+//! box-vmm-probe tcp-rr ADDR:PORT N             host: N one-byte request/response round trips,
+//!                                             print their mean in µs
+//! box-vmm-probe net-guest ADDR:PORT LEN        guest: the benchmark's guest half: sink one TCP
+//!                                             connection on 7001, echo one on 7002, then send
+//!                                             LEN bytes to ADDR:PORT
 //! ```
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -53,6 +60,9 @@ fn dispatch(args: &[&str]) -> Res<()> {
         ["wall", "--", cmd @ ..] if !cmd.is_empty() => wall(cmd),
         ["tap-persist", name] => tap_persist(name),
         ["tcp-send", addr, len] => tcp_send(addr, num(len)?),
+        ["tcp-sink", port] => tcp_sink(&listen_tcp(num(port)?)?).map(|_| ()),
+        ["tcp-rr", addr, n] => tcp_rr(addr, num(n)?),
+        ["net-guest", addr, len] => net_guest(addr, num(len)?),
         _ => Err("usage: see the comment at the top of tests/src/bin/box-vmm-probe.rs".into()),
     }
 }
@@ -357,16 +367,24 @@ fn kvm_stats(pid: u32) -> String {
         .join(" ")
 }
 
+/// No progress for this long fails a TCP leg instead of hanging the node.
+const TCP_STALL: Duration = Duration::from_secs(60);
+
 /// Sends `len` pattern bytes to `addr`, then half-closes and reads until the peer closes, so
 /// that success means the peer received everything (not that it sits in a send buffer).
+/// Prints `probe: tcp-sent LEN ms=N`, timed from connect to the peer's close.
 fn tcp_send(addr: &str, len: usize) -> Res<()> {
+    let start = Instant::now();
     let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_write_timeout(Some(TCP_STALL))
+        .and_then(|()| s.set_read_timeout(Some(TCP_STALL)))
+        .map_err(|e| e.to_string())?;
     let chunk: Vec<u8> = (0..65536).map(pattern).collect();
     let mut left = len;
     while left > 0 {
         let n = left.min(chunk.len());
         s.write_all(&chunk[..n])
-            .map_err(|e| format!("write: {e}"))?;
+            .map_err(|e| format!("write after {} of {len} bytes: {e}", len - left))?;
         left -= n;
     }
     s.shutdown(std::net::Shutdown::Write)
@@ -374,8 +392,76 @@ fn tcp_send(addr: &str, len: usize) -> Res<()> {
     let mut rest = Vec::new();
     s.read_to_end(&mut rest)
         .map_err(|e| format!("waiting for the peer: {e}"))?;
-    println!("probe: tcp-sent {len}");
+    println!("probe: tcp-sent {len} ms={}", start.elapsed().as_millis());
     Ok(())
+}
+
+fn listen_tcp(port: u16) -> Res<std::net::TcpListener> {
+    std::net::TcpListener::bind(("0.0.0.0", port)).map_err(|e| format!("bind :{port}: {e}"))
+}
+
+/// Takes one connection on `l` and reads it to EOF; prints `probe: tcp-sink bytes=N ms=M`
+/// (accept to EOF) and closes, which tells the sender everything arrived.
+fn tcp_sink(l: &std::net::TcpListener) -> Res<usize> {
+    let (mut s, _) = l.accept().map_err(|e| format!("accept: {e}"))?;
+    let start = Instant::now();
+    s.set_read_timeout(Some(TCP_STALL))
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("read after {total} bytes: {e}")),
+        }
+    }
+    println!(
+        "probe: tcp-sink bytes={total} ms={}",
+        start.elapsed().as_millis()
+    );
+    Ok(total)
+}
+
+/// `n` round trips of one byte each way on one connection (Nagle off); prints
+/// `probe: tcp-rr n=N mean_us=X`. The mean of the whole run, not per-trip samples: the
+/// nested node's clock ticks in milliseconds, coarser than one trip.
+fn tcp_rr(addr: &str, n: usize) -> Res<()> {
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_nodelay(true)
+        .and_then(|()| s.set_read_timeout(Some(TCP_STALL)))
+        .map_err(|e| e.to_string())?;
+    let mut b = [0u8; 1];
+    let start = Instant::now();
+    for i in 0..n {
+        s.write_all(&[i as u8])
+            .and_then(|()| s.read_exact(&mut b))
+            .map_err(|e| format!("round trip {i}: {e}"))?;
+        if b[0] != i as u8 {
+            return Err(format!("round trip {i} came back as {}", b[0]));
+        }
+    }
+    let mean = start.elapsed().as_micros() / n.max(1) as u128;
+    println!("probe: tcp-rr n={n} mean_us={mean}");
+    Ok(())
+}
+
+/// The benchmark's guest half, in one process so that both listeners are bound before it says
+/// `probe: net-ready`: sink one connection on 7001, echo one on 7002, then send `len` bytes to
+/// `addr` (the host's sink).
+fn net_guest(addr: &str, len: usize) -> Res<()> {
+    let sink = listen_tcp(7001)?;
+    let echo_l = listen_tcp(7002)?;
+    println!("probe: net-ready");
+    let _ = std::io::stdout().flush();
+    tcp_sink(&sink)?;
+    let (mut s, _) = echo_l.accept().map_err(|e| format!("accept: {e}"))?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut r = s.try_clone().map_err(|e| e.to_string())?;
+    let n = std::io::copy(&mut r, &mut s).map_err(|e| format!("echo: {e}"))?;
+    println!("probe: tcp-echoed {n}");
+    tcp_send(addr, len)
 }
 
 /// Creates TAP `name` as box-vmm opens it and marks it persistent, so that it can be given an

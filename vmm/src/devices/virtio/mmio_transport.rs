@@ -6,6 +6,12 @@
 //! (KVM matches the queue index written to QueueNotify), and used-buffer
 //! interrupts leave through an irqfd; a notify that does reach us as an MMIO exit
 //! is handled inline.
+//!
+//! Notifications both ways are suppressed as the driver asks, which is what keeps a busy
+//! queue from costing a VM exit per buffer: with `VIRTIO_RING_F_EVENT_IDX` (offered for every
+//! device) the device re-arms each queue's `avail_event` after serving it and interrupts only
+//! when the driver's `used_event` was crossed; without it, `VRING_AVAIL_F_NO_INTERRUPT` is
+//! honoured.
 
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
@@ -15,8 +21,9 @@ use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_NEEDS_RESET,
 };
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -31,6 +38,8 @@ pub const MMIO_MAGIC: u32 = 0x7472_6976;
 pub const MMIO_VERSION: u32 = 2;
 /// Our vendor id ("BOX").
 pub const VENDOR_ID: u32 = 0x0058_4f42;
+/// Offered for every device: notification suppression is the transport's job.
+pub const EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
 
 /// Register offsets.
 pub mod reg {
@@ -129,7 +138,7 @@ impl MmioTransport {
     }
 
     fn offered_features(&self) -> u64 {
-        self.device.features() | VIRTIO_F_VERSION_1
+        self.device.features() | VIRTIO_F_VERSION_1 | EVENT_IDX
     }
 
     fn driver_ok(&self) -> bool {
@@ -163,9 +172,9 @@ impl MmioTransport {
         if !self.driver_ok() || !self.queues.get(idx).is_some_and(|q| q.ready()) {
             return;
         }
-        if self.device.process_queue(idx, &mut self.queues, &self.mem) {
-            self.signal(VIRTIO_MMIO_INT_VRING);
-        }
+        let before = self.positions();
+        self.device.process_queue(idx, &mut self.queues, &self.mem);
+        self.settle(&before);
     }
 
     /// Forwards host fd readiness to the device.
@@ -173,8 +182,62 @@ impl MmioTransport {
         let active = self.driver_ok();
         // Before DRIVER_OK the device may still accept/refuse host work but must
         // not touch queues.
+        let before = self.positions();
         let queues: &mut [Queue] = if active { &mut self.queues } else { &mut [] };
-        if self.device.host_event(fd, events, queues, &self.mem, ops) && active {
+        self.device.host_event(fd, events, queues, &self.mem, ops);
+        if active {
+            self.settle(&before);
+        }
+    }
+
+    /// Every queue's (next_avail, next_used), to see afterwards what the device consumed and
+    /// completed.
+    fn positions(&self) -> Vec<(u16, u16)> {
+        self.queues
+            .iter()
+            .map(|q| (q.next_avail(), q.next_used()))
+            .collect()
+    }
+
+    /// After the device ran: re-arms the driver's notifications and interrupts if the driver
+    /// wants to hear of what was completed.
+    ///
+    /// With EVENT_IDX, `avail_event` is set to what the device consumed, so the driver kicks
+    /// for its next buffer only; one it published before that write landed gets no kick
+    /// (`enable_notification` says so), and if the device was consuming that queue this
+    /// round it is served again through the queue's own eventfd, not inline, so one busy
+    /// queue cannot hold the event thread. A queue the device left buffers on (rx without
+    /// host data) made no progress and is not rescheduled.
+    fn settle(&mut self, before: &[(u16, u16)]) {
+        let mut interrupt = false;
+        for (i, (q, &(avail0, used0))) in self.queues.iter_mut().zip(before).enumerate() {
+            if !q.ready() {
+                continue;
+            }
+            if q.event_idx_enabled() {
+                match q.enable_notification(&self.mem) {
+                    Ok(true) if q.next_avail() != avail0 => {
+                        if let Err(e) = self.queue_evts[i].write(1) {
+                            tracing::warn!("virtio: rescheduling queue {i}: {e}");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!("virtio: re-arming queue {i}: {e}"),
+                }
+            }
+            if q.next_used() == used0 {
+                continue;
+            }
+            interrupt |= if q.event_idx_enabled() {
+                // An unreadable ring errs on the side of an interrupt.
+                q.needs_notification(&self.mem).unwrap_or(true)
+            } else {
+                self.mem
+                    .read_obj::<u16>(GuestAddress(q.avail_ring()))
+                    .map_or(true, |f| f & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0)
+            };
+        }
+        if interrupt {
             self.signal(VIRTIO_MMIO_INT_VRING);
         }
     }
@@ -233,6 +296,10 @@ impl MmioTransport {
                 return;
             } else {
                 self.status = status;
+                let event_idx = self.acked_features & EVENT_IDX != 0;
+                for q in &mut self.queues {
+                    q.set_event_idx(event_idx);
+                }
                 self.device.activate(self.acked_features, None);
                 return;
             }
@@ -476,6 +543,10 @@ mod tests {
     }
 
     fn negotiate(t: &mut MmioTransport) {
+        negotiate_with(t, 1 << 3);
+    }
+
+    fn negotiate_with(t: &mut MmioTransport, low_features: u32) {
         wr(t, reg::STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
         wr(
             t,
@@ -485,7 +556,7 @@ mod tests {
         wr(t, reg::DRIVER_FEATURES_SEL, 1);
         wr(t, reg::DRIVER_FEATURES, 1);
         wr(t, reg::DRIVER_FEATURES_SEL, 0);
-        wr(t, reg::DRIVER_FEATURES, 1 << 3);
+        wr(t, reg::DRIVER_FEATURES, low_features);
         wr(
             t,
             reg::STATUS,
@@ -516,7 +587,7 @@ mod tests {
         assert_eq!(rd(&mut t, reg::MAGIC), MMIO_MAGIC);
         assert_eq!(rd(&mut t, reg::VERSION), 2);
         assert_eq!(rd(&mut t, reg::DEVICE_ID), 42);
-        assert_eq!(rd(&mut t, reg::DEVICE_FEATURES), 1 << 3);
+        assert_eq!(rd(&mut t, reg::DEVICE_FEATURES), 1 << 3 | EVENT_IDX as u32);
         wr(&mut t, reg::DEVICE_FEATURES_SEL, 1);
         assert_eq!(rd(&mut t, reg::DEVICE_FEATURES), 1);
         wr(&mut t, reg::DEVICE_FEATURES_SEL, 7);
@@ -689,5 +760,116 @@ mod tests {
         negotiate(&mut t);
         wr(&mut t, reg::STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
         assert_ne!(rd(&mut t, reg::STATUS) & VIRTIO_CONFIG_S_FEATURES_OK, 0);
+    }
+
+    /// A queue of 16 on `t` with the driver's features `low`, live.
+    fn live(low: u32) -> (MmioTransport, EventFd, GuestMemoryMmap, TestQueue) {
+        let (mut t, irq) = transport();
+        let mem = t.mem.clone();
+        negotiate_with(&mut t, low);
+        let tq = TestQueue::new(&mem, 0x1000, 16);
+        setup_queue(&mut t, 0, &tq);
+        wr(&mut t, reg::STATUS, ALL_OK);
+        (t, irq, mem, tq)
+    }
+
+    fn publish_n(mem: &GuestMemoryMmap, tq: &TestQueue, heads: std::ops::Range<u16>) {
+        for h in heads {
+            tq.chain(mem, h, &[(0x10_0000, 8, true)]);
+            tq.publish(mem, h);
+        }
+    }
+
+    #[test]
+    fn event_idx_rearms_the_driver_and_interrupts_only_past_used_event() {
+        let (mut t, irq, mem, tq) = live(1 << 3 | EVENT_IDX as u32);
+        let used_event = GuestAddress(tq.avail + 4 + 2 * u64::from(tq.size));
+        let avail_event = GuestAddress(tq.used + 4 + 8 * u64::from(tq.size));
+        // The driver wants to hear once the 5th buffer (index 4) is used.
+        mem.write_obj(4u16, used_event).unwrap();
+        publish_n(&mem, &tq, 0..1);
+        wr(&mut t, reg::QUEUE_NOTIFY, 0);
+        assert_eq!(tq.used_idx(&mem), 1);
+        assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 1, "re-armed");
+        assert!(irq.read().is_err(), "no interrupt before used_event");
+        publish_n(&mem, &tq, 1..5);
+        wr(&mut t, reg::QUEUE_NOTIFY, 0);
+        assert_eq!(tq.used_idx(&mem), 5);
+        assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 5);
+        assert_eq!(irq.read().unwrap(), 1, "used_event crossed");
+        assert!(t.queue_evts()[0].read().is_err(), "nothing left to serve");
+    }
+
+    #[test]
+    fn without_event_idx_no_interrupt_is_honoured() {
+        let (mut t, irq, mem, tq) = live(1 << 3);
+        mem.write_obj(VRING_AVAIL_F_NO_INTERRUPT as u16, GuestAddress(tq.avail))
+            .unwrap();
+        publish_n(&mem, &tq, 0..1);
+        wr(&mut t, reg::QUEUE_NOTIFY, 0);
+        assert_eq!(tq.used_idx(&mem), 1);
+        assert!(irq.read().is_err(), "the driver asked for no interrupt");
+        mem.write_obj(0u16, GuestAddress(tq.avail)).unwrap();
+        publish_n(&mem, &tq, 1..2);
+        wr(&mut t, reg::QUEUE_NOTIFY, 0);
+        assert_eq!(irq.read().unwrap(), 1);
+    }
+
+    /// A device that, while serving the queue, sees the driver publish one more buffer
+    /// (as a driver on another vCPU would, after reading the stale `avail_event`).
+    struct Racer {
+        tq: TestQueue,
+        raced: bool,
+    }
+
+    impl VirtioDevice for Racer {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn features(&self) -> u64 {
+            0
+        }
+        fn read_config(&self, _offset: u64, _data: &mut [u8]) {}
+        fn process_queue(
+            &mut self,
+            idx: usize,
+            queues: &mut [Queue],
+            mem: &GuestMemoryMmap,
+        ) -> bool {
+            while let Some(c) = queues[idx].pop_descriptor_chain(mem) {
+                queues[idx].add_used(mem, c.head_index(), 1).unwrap();
+            }
+            if !self.raced {
+                self.raced = true;
+                publish_n(mem, &self.tq, 1..2);
+            }
+            true
+        }
+    }
+
+    #[test]
+    fn a_buffer_published_before_the_rearm_is_served_not_stranded() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mem = test_mem();
+        let tq = TestQueue::new(&mem, 0x1000, 16);
+        let racer = Racer {
+            tq: TestQueue::new(&mem, 0x1000, 16),
+            raced: false,
+        };
+        let mut t = MmioTransport::new(Box::new(racer), mem.clone(), irq).unwrap();
+        negotiate_with(&mut t, EVENT_IDX as u32);
+        setup_queue(&mut t, 0, &tq);
+        wr(&mut t, reg::STATUS, ALL_OK);
+        publish_n(&mem, &tq, 0..1);
+        wr(&mut t, reg::QUEUE_NOTIFY, 0);
+        assert_eq!(tq.used_idx(&mem), 1);
+        // No kick will come for buffer 1: the transport scheduled the queue itself.
+        assert_eq!(t.queue_evts()[0].read().unwrap(), 1);
+        t.process_queue(0);
+        assert_eq!(tq.used_idx(&mem), 2);
+        assert!(t.queue_evts()[0].read().is_err());
     }
 }

@@ -6,15 +6,16 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
-    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS,
-    VIRTIO_NET_S_LINK_UP,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP,
 };
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::tap;
+use super::mergeable::MergeableRx;
+use super::{iov, tap};
 use super::{MAX_FRAME, VNET_HDR_LEN};
 use crate::devices::virtio::{read_config_bytes, VirtioDevice};
 use crate::event_loop::EventOps;
@@ -54,8 +55,9 @@ pub struct Net {
     kick: EventFd,
     watching: bool,
     active: bool,
-    /// A frame read from the TAP that found no guest buffer yet (its length in `rx_buf`).
-    rx_pending: Option<usize>,
+    /// The driver took mergeable rx buffers; `mrg` holds the chains in hand.
+    mergeable: bool,
+    mrg: MergeableRx,
     rx_buf: Vec<u8>,
     tx_buf: Vec<u8>,
     stats: NetStats,
@@ -84,7 +86,8 @@ impl Net {
             kick,
             watching: false,
             active: false,
-            rx_pending: None,
+            mergeable: false,
+            mrg: MergeableRx::default(),
             rx_buf: vec![0; MAX_FRAME],
             tx_buf: vec![0; MAX_FRAME],
             stats: NetStats::default(),
@@ -116,45 +119,73 @@ impl Net {
         }
     }
 
-    /// Moves frames from the TAP into the guest's rx buffers, at most [`BUDGET`]. With no
-    /// buffer posted, the frame in hand waits and the TAP is no longer watched until the
-    /// guest posts some (its rx notification), so nothing spins.
+    /// Moves frames from the TAP into the guest's rx buffers, at most [`BUDGET`]. A frame is
+    /// read only once a buffer is in hand: with none posted, frames wait in the TAP's own
+    /// queue and the TAP is not watched until the guest posts some (its rx notification), so
+    /// nothing spins.
     fn deliver_rx(&mut self, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
         let Some(q) = queues.get_mut(RX) else {
             return false;
         };
+        if self.mergeable {
+            let d = self.mrg.deliver(self.tap.as_fd(), q, mem, BUDGET);
+            self.stats.rx_frames += d.frames;
+            self.stats.rx_dropped += d.dropped;
+            let watch = self.active && !d.short;
+            self.set_watch(watch);
+            return d.used;
+        }
         let mut used = false;
         for _ in 0..BUDGET {
-            let len = match self.rx_pending.take() {
-                Some(len) => len,
-                None => match nix::unistd::read(&self.tap, &mut self.rx_buf) {
-                    Ok(n) => n,
-                    Err(nix::Error::EAGAIN) => break,
-                    Err(nix::Error::EINTR) => continue,
-                    Err(e) => {
-                        tracing::warn!("virtio-net: reading the TAP: {e}");
-                        break;
-                    }
-                },
-            };
-            if len < VNET_HDR_LEN {
-                self.stats.rx_dropped += 1;
-                continue;
-            }
             let Some(chain) = q.pop_descriptor_chain(mem) else {
-                self.rx_pending = Some(len);
                 self.set_watch(false);
                 return used;
             };
             let head = chain.head_index();
-            // No mergeable rx buffers: every frame takes exactly one chain.
-            self.rx_buf[NUM_BUFFERS_AT..NUM_BUFFERS_AT + 2].copy_from_slice(&1u16.to_le_bytes());
-            let written = match chain.writer(mem) {
-                Ok(mut w) if w.available_bytes() >= len => match w.write_all(&self.rx_buf[..len]) {
-                    Ok(()) => len as u32,
-                    Err(_) => 0,
-                },
-                _ => 0,
+            // A chain that holds any frame takes it straight from the TAP; a smaller one (a
+            // driver without TSO posts MTU-sized buffers) through `rx_buf`, so an oversized
+            // frame is dropped whole rather than cut.
+            let direct = iov::segments(chain.clone(), mem, true).filter(|s| s.total() >= MAX_FRAME);
+            let read = match &direct {
+                Some(segs) => segs.readv(self.tap.as_fd()),
+                None => nix::unistd::read(&self.tap, &mut self.rx_buf),
+            };
+            let len = match read {
+                Ok(n) => n,
+                Err(e) => {
+                    // The chain was not used: it is the first the next frame takes.
+                    q.set_next_avail(q.next_avail().wrapping_sub(1));
+                    match e {
+                        nix::Error::EINTR => continue,
+                        nix::Error::EAGAIN => break,
+                        e => {
+                            tracing::warn!("virtio-net: reading the TAP: {e}");
+                            break;
+                        }
+                    }
+                }
+            };
+            // No mergeable rx buffers: every frame takes exactly one chain (num_buffers 1).
+            let written = if len < VNET_HDR_LEN {
+                0
+            } else if let Some(segs) = &direct {
+                if segs.write_at(mem, NUM_BUFFERS_AT, &1u16.to_le_bytes()) {
+                    len as u32
+                } else {
+                    0
+                }
+            } else {
+                self.rx_buf[NUM_BUFFERS_AT..NUM_BUFFERS_AT + 2]
+                    .copy_from_slice(&1u16.to_le_bytes());
+                match chain.writer(mem) {
+                    Ok(mut w) if w.available_bytes() >= len => {
+                        match w.write_all(&self.rx_buf[..len]) {
+                            Ok(()) => len as u32,
+                            Err(_) => 0,
+                        }
+                    }
+                    _ => 0,
+                }
             };
             if written == 0 {
                 self.stats.rx_dropped += 1;
@@ -183,23 +214,18 @@ impl Net {
         let mut n = 0;
         while let Some(chain) = q.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            let frame = match chain.reader(mem) {
-                Ok(mut r) => {
-                    let len = r.available_bytes();
-                    if (VNET_HDR_LEN..=MAX_FRAME).contains(&len)
-                        && r.read_exact(&mut self.tx_buf[..len]).is_ok()
-                    {
-                        Some(len)
-                    } else {
-                        None
-                    }
+            let sent = match iov::segments(chain.clone(), mem, false) {
+                Some(segs) if (VNET_HDR_LEN..=MAX_FRAME).contains(&segs.total()) => {
+                    segs.writev(self.tap.as_fd()).is_ok()
                 }
-                Err(_) => None,
+                Some(_) => false,
+                None => self.send_copied(chain, mem),
             };
-            match frame.map(|len| nix::unistd::write(&self.tap, &self.tx_buf[..len])) {
-                Some(Ok(_)) => self.stats.tx_frames += 1,
+            if sent {
+                self.stats.tx_frames += 1;
+            } else {
                 // A full TAP drops the frame, as a full NIC queue would; TCP resends.
-                Some(Err(_)) | None => self.stats.tx_dropped += 1,
+                self.stats.tx_dropped += 1;
             }
             if let Err(e) = q.add_used(mem, head, 0) {
                 tracing::warn!("virtio-net: cannot complete a tx buffer: {e}");
@@ -214,6 +240,21 @@ impl Net {
         }
         used
     }
+
+    /// A chain that is not plain (see `iov`): its readable bytes gathered into `tx_buf`.
+    fn send_copied(
+        &mut self,
+        chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+        mem: &GuestMemoryMmap,
+    ) -> bool {
+        let Ok(mut r) = chain.reader(mem) else {
+            return false;
+        };
+        let len = r.available_bytes();
+        (VNET_HDR_LEN..=MAX_FRAME).contains(&len)
+            && r.read_exact(&mut self.tx_buf[..len]).is_ok()
+            && nix::unistd::write(&self.tap, &self.tx_buf[..len]).is_ok()
+    }
 }
 
 impl VirtioDevice for Net {
@@ -226,7 +267,7 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        let mut f = bit(VIRTIO_NET_F_MAC) | bit(VIRTIO_NET_F_STATUS);
+        let mut f = bit(VIRTIO_NET_F_MAC) | bit(VIRTIO_NET_F_STATUS) | bit(VIRTIO_NET_F_MRG_RXBUF);
         if self.offloads {
             f |= bit(VIRTIO_NET_F_CSUM)
                 | bit(VIRTIO_NET_F_HOST_TSO4)
@@ -258,14 +299,16 @@ impl VirtioDevice for Net {
                 tracing::warn!("virtio-net: TUNSETOFFLOAD {flags:#x}: {e}");
             }
         }
+        self.mergeable = acked & bit(VIRTIO_NET_F_MRG_RXBUF) != 0;
+        self.mrg.clear();
         self.active = true;
         self.set_watch(true);
     }
 
     fn reset(&mut self) {
         self.active = false;
+        self.mrg.clear();
         self.set_watch(false);
-        self.rx_pending = None;
         if self.offloads {
             let _ = tap::set_offload(self.tap.as_fd(), 0);
         }
@@ -471,11 +514,42 @@ mod tests {
             .unwrap();
         assert_eq!(b[0], 2);
         assert_eq!(net.stats().rx_frames, 2);
-        // Buffers left and the TAP watched again: a new frame raises the epoll.
+        // A buffer posted (the guest's notification finds the TAP empty) and the TAP is
+        // watched again: a new frame raises the epoll.
         rx.chain(&mem, 2, &[(BUF + 0x4000, 4096, true)]);
         rx.publish(&mem, 2);
+        assert!(!net.process_queue(RX, &mut q, &mem), "no frame yet");
+        assert!(!epoll_readable(&net));
         host.send(&frame(60, 3)).unwrap();
         assert!(epoll_readable(&net));
+    }
+
+    #[test]
+    fn rx_reads_straight_into_a_big_chain_whose_header_is_split() {
+        let (mut net, host, mut q, mem, rx, _tx) = device();
+        // A driver may cut the header anywhere: num_buffers straddles the two descriptors.
+        rx.chain(
+            &mem,
+            0,
+            &[(BUF, 11, true), (BUF + 0x1000, MAX_FRAME as u32, true)],
+        );
+        rx.publish(&mem, 0);
+        let mut f = frame(3000, 0);
+        for (i, b) in f.iter_mut().enumerate().skip(VNET_HDR_LEN) {
+            *b = (i % 251) as u8;
+        }
+        f[NUM_BUFFERS_AT] = 0xee;
+        f[NUM_BUFFERS_AT + 1] = 0xee;
+        host.send(&f).unwrap();
+        assert!(host_event(&mut net, &mut q, &mem));
+        assert_eq!(rx.used_elem(&mem, 0), (0, f.len() as u32));
+        let mut got = vec![0u8; f.len()];
+        mem.read_slice(&mut got[..11], GuestAddress(BUF)).unwrap();
+        mem.read_slice(&mut got[11..], GuestAddress(BUF + 0x1000))
+            .unwrap();
+        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 1, "num_buffers");
+        assert_eq!(&got[VNET_HDR_LEN..], &f[VNET_HDR_LEN..]);
+        assert_eq!(net.stats().rx_frames, 1);
     }
 
     #[test]
@@ -528,5 +602,103 @@ mod tests {
         assert_eq!(s.tx_frames + s.tx_dropped, u64::from(chains));
         assert!(s.tx_frames > 0);
         drop(host);
+    }
+
+    /// A device whose driver took mergeable rx buffers, with a 64-entry rx queue.
+    fn mergeable_device() -> (Net, UnixDatagram, Vec<Queue>, GuestMemoryMmap, TestQueue) {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut net = Net::new(OwnedFd::from(a), MAC, false).unwrap();
+        let mem = test_mem();
+        let rx = TestQueue::new(&mem, RXQ, 64);
+        let tx = TestQueue::new(&mem, TXQ, 16);
+        let queues = vec![rx.queue(), tx.queue()];
+        net.activate(bit(VIRTIO_NET_F_MRG_RXBUF), None);
+        (net, b, queues, mem, rx)
+    }
+
+    /// Posts one-descriptor buffers of `len` bytes, heads `heads`, at BUF + head * 4 KiB.
+    fn post(mem: &GuestMemoryMmap, rx: &TestQueue, heads: std::ops::Range<u16>, len: u32) {
+        for h in heads {
+            rx.chain(mem, h, &[(BUF + u64::from(h) * 0x1000, len, true)]);
+            rx.publish(mem, h);
+        }
+    }
+
+    fn patterned(n: usize) -> Vec<u8> {
+        let mut f = frame(n, 0);
+        for (i, b) in f.iter_mut().enumerate().skip(VNET_HDR_LEN) {
+            *b = (i % 251) as u8;
+        }
+        f
+    }
+
+    #[test]
+    fn mergeable_rx_spreads_a_frame_over_small_buffers() {
+        let (mut net, host, mut q, mem, rx) = mergeable_device();
+        post(&mem, &rx, 0..40, 2048);
+        let f = patterned(5000);
+        host.send(&f).unwrap();
+        assert!(host_event(&mut net, &mut q, &mem));
+        assert_eq!(rx.used_idx(&mem), 3);
+        assert_eq!(rx.used_elem(&mem, 0), (0, 2048));
+        assert_eq!(rx.used_elem(&mem, 1), (1, 2048));
+        assert_eq!(rx.used_elem(&mem, 2), (2, (f.len() - 4096) as u32));
+        let mut got = vec![0u8; f.len()];
+        for (k, part) in got.chunks_mut(2048).enumerate() {
+            mem.read_slice(part, GuestAddress(BUF + k as u64 * 0x1000))
+                .unwrap();
+        }
+        assert_eq!(u16::from_le_bytes([got[10], got[11]]), 3, "num_buffers");
+        assert_eq!(&got[VNET_HDR_LEN..], &f[VNET_HDR_LEN..]);
+        // The next frame starts in the next buffer, alone.
+        let g = patterned(60);
+        host.send(&g).unwrap();
+        assert!(host_event(&mut net, &mut q, &mem));
+        assert_eq!(rx.used_elem(&mem, 3), (3, g.len() as u32));
+        let mut hdr = [0u8; 2];
+        mem.read_slice(&mut hdr, GuestAddress(BUF + 3 * 0x1000 + 10))
+            .unwrap();
+        assert_eq!(u16::from_le_bytes(hdr), 1);
+        assert_eq!(net.stats().rx_frames, 2);
+    }
+
+    #[test]
+    fn mergeable_rx_waits_until_the_buffers_hold_any_frame() {
+        let (mut net, host, mut q, mem, rx) = mergeable_device();
+        post(&mem, &rx, 0..4, 2048);
+        host.send(&patterned(100)).unwrap();
+        assert!(
+            !host_event(&mut net, &mut q, &mem),
+            "8 KiB cannot hold a 64 KiB frame"
+        );
+        assert!(!epoll_readable(&net), "the TAP is not watched: no spin");
+        assert_eq!(rx.used_idx(&mem), 0);
+        post(&mem, &rx, 4..40, 2048);
+        assert!(
+            net.process_queue(RX, &mut q, &mem),
+            "the guest's notification"
+        );
+        assert_eq!(rx.used_elem(&mem, 0), (0, 112));
+        assert_eq!(net.stats().rx_frames, 1);
+    }
+
+    #[test]
+    fn mergeable_rx_returns_bad_chains_empty_and_keeps_going() {
+        let (mut net, host, mut q, mem, rx) = mergeable_device();
+        // A device-readable buffer and one outside guest memory among good ones.
+        rx.chain(&mem, 0, &[(BUF, 2048, false)]);
+        rx.publish(&mem, 0);
+        rx.chain(&mem, 1, &[(1 << 40, 2048, true)]);
+        rx.publish(&mem, 1);
+        post(&mem, &rx, 2..40, 2048);
+        host.send(&patterned(100)).unwrap();
+        assert!(host_event(&mut net, &mut q, &mem));
+        assert_eq!(rx.used_idx(&mem), 3);
+        assert_eq!(rx.used_elem(&mem, 0), (0, 0));
+        assert_eq!(rx.used_elem(&mem, 1), (1, 0));
+        assert_eq!(rx.used_elem(&mem, 2), (2, 112));
+        assert_eq!(net.stats().rx_frames, 1);
     }
 }
