@@ -4,8 +4,9 @@
 //! 1. bzImage, two disks (rw and `,ro`), vsock and virtio-net on a TAP: boot to userspace, disk
 //!    size and content, guest writes reaching the file, the read-only disk refusing writes,
 //!    vsock host→guest and guest→host echoes (1 MiB and 300 kB, past the 256 KiB credit
-//!    window), the guest pinging L1 through the TAP with its configured MAC, 4 MiB over TCP
-//!    each way (offloads negotiated: TSO frames both ways), then `poweroff -f` → exit 0;
+//!    window), the guest pinging L1 through the TAP with its configured MAC, the driver
+//!    having taken checksum and TSO offloads, mergeable rx buffers and EVENT_IDX, 4 MiB over
+//!    TCP each way (TSO frames both ways), then `poweroff -f` → exit 0;
 //! 2. the ELF vmlinux: boot to userspace, then `reboot -f` → exit 10.
 //!
 //! The L1 script prints one `ok <check>` or `FAIL <check>: <why>` line per check; this side
@@ -63,6 +64,7 @@ const CHECKS: &[&str] = &[
     "vsock-host-to-guest",
     "vsock-guest-to-host",
     "net-ping",
+    "net-negotiated",
     "net-tcp-guest-to-host",
     "net-tcp-host-to-guest",
     "poweroff-exit-0",
@@ -159,7 +161,7 @@ sync
 ip link set lo up
 ip link set eth0 up
 ip addr add 10.99.0.2/24 dev eth0
-echo "guest: eth0 mac $(cat /sys/class/net/eth0/address) features $(cat /sys/class/net/eth0/device/features 2>/dev/null | cut -c1-20)"
+echo "guest: eth0 mac $(cat /sys/class/net/eth0/address) features $(cat /sys/class/net/eth0/device/features 2>/dev/null)"
 if ping -c 3 -W 10 10.99.0.1 > /tmp/ping.out 2>&1; then echo "guest: ping ok"; else echo "guest: ping failed: $(tail -2 /tmp/ping.out | tr '\n' ' ')"; fi
 nc -l -p 7001 < /dev/null > /tmp/net.rx &
 rxpid=$!
@@ -289,6 +291,11 @@ if grep -q "probe: vsock-send ok" con1.log && grep -q "probe: uds-echoed 300000"
 else fail vsock-guest-to-host "host: $(tail1 uds-echo.log) guest: $(grep 'probe: ' con1.log | tr '\r\n' '  ')"; fi
 if grep -q "guest: ping ok" con1.log && grep -q "guest: eth0 mac 02:b0:c5:99:00:02" con1.log; then ok net-ping
 else fail net-ping "$(grep 'guest: \(eth0\|ping\)' con1.log | tr '\r\n' '  ') tap: $(tail1 tap.log)"; fi
+# The driver's acked feature bits, one character per bit from bit 0: the paths the TCP checks
+# below exercise (guest checksum 1, guest TSO4 7, host TSO4 11, mergeable rx 15, EVENT_IDX 29).
+feat=$(sed -n 's/.*guest: eth0 mac [0-9a-f:]* features \([01]*\).*/\1/p' con1.log)
+want=""; for b in 1 7 11 15 29; do [ "$(echo "$feat" | cut -c$((b+1)))" = 1 ] || want="$want $b"; done
+if [ -n "$feat" ] && [ -z "$want" ]; then ok net-negotiated; else fail net-negotiated "bits not acked:$want (features '$feat')"; fi
 kill $ncpid 2>/dev/null
 recv=$(wc -c < net.recv 2>/dev/null)
 if [ "$recv" = 4194304 ] && grep -q "probe: tcp-sent 4194304" con1.log; then ok net-tcp-guest-to-host

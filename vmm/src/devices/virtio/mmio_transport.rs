@@ -477,10 +477,13 @@ mod tests {
     use crate::devices::virtio::testutil::{test_mem, TestQueue};
     use virtio_bindings::virtio_config::VIRTIO_CONFIG_S_ACKNOWLEDGE;
 
-    /// A device that completes every chain with 1 written byte.
+    /// A device that completes every chain with 1 written byte. With `race`, after its
+    /// first round it publishes one more buffer there, as a driver on another vCPU would
+    /// after reading a stale `avail_event`.
     struct Dummy {
         activated: bool,
         resets: u32,
+        race: Option<TestQueue>,
     }
 
     impl VirtioDevice for Dummy {
@@ -514,6 +517,9 @@ mod tests {
                 queues[idx].add_used(mem, c.head_index(), 1).unwrap();
                 used = true;
             }
+            if let Some(tq) = self.race.take() {
+                publish_n(mem, &tq, 1..2);
+            }
             used
         }
     }
@@ -529,11 +535,16 @@ mod tests {
     }
 
     fn transport() -> (MmioTransport, EventFd) {
+        transport_racing(None)
+    }
+
+    fn transport_racing(race: Option<TestQueue>) -> (MmioTransport, EventFd) {
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let t = MmioTransport::new(
             Box::new(Dummy {
                 activated: false,
                 resets: 0,
+                race,
             }),
             test_mem(),
             irq.try_clone().unwrap(),
@@ -762,9 +773,14 @@ mod tests {
         assert_ne!(rd(&mut t, reg::STATUS) & VIRTIO_CONFIG_S_FEATURES_OK, 0);
     }
 
-    /// A queue of 16 on `t` with the driver's features `low`, live.
+    /// A queue of 16 on a fresh transport with the driver's features `low`, live.
     fn live(low: u32) -> (MmioTransport, EventFd, GuestMemoryMmap, TestQueue) {
-        let (mut t, irq) = transport();
+        live_racing(low, false)
+    }
+
+    fn live_racing(low: u32, race: bool) -> (MmioTransport, EventFd, GuestMemoryMmap, TestQueue) {
+        // A TestQueue is only addresses: the racer publishes into the transport's memory.
+        let (mut t, irq) = transport_racing(race.then(|| TestQueue::new(&test_mem(), 0x1000, 16)));
         let mem = t.mem.clone();
         negotiate_with(&mut t, low);
         let tq = TestQueue::new(&mem, 0x1000, 16);
@@ -815,54 +831,9 @@ mod tests {
         assert_eq!(irq.read().unwrap(), 1);
     }
 
-    /// A device that, while serving the queue, sees the driver publish one more buffer
-    /// (as a driver on another vCPU would, after reading the stale `avail_event`).
-    struct Racer {
-        tq: TestQueue,
-        raced: bool,
-    }
-
-    impl VirtioDevice for Racer {
-        fn device_type(&self) -> u32 {
-            42
-        }
-        fn queue_max_sizes(&self) -> &[u16] {
-            &[16]
-        }
-        fn features(&self) -> u64 {
-            0
-        }
-        fn read_config(&self, _offset: u64, _data: &mut [u8]) {}
-        fn process_queue(
-            &mut self,
-            idx: usize,
-            queues: &mut [Queue],
-            mem: &GuestMemoryMmap,
-        ) -> bool {
-            while let Some(c) = queues[idx].pop_descriptor_chain(mem) {
-                queues[idx].add_used(mem, c.head_index(), 1).unwrap();
-            }
-            if !self.raced {
-                self.raced = true;
-                publish_n(mem, &self.tq, 1..2);
-            }
-            true
-        }
-    }
-
     #[test]
     fn a_buffer_published_before_the_rearm_is_served_not_stranded() {
-        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let mem = test_mem();
-        let tq = TestQueue::new(&mem, 0x1000, 16);
-        let racer = Racer {
-            tq: TestQueue::new(&mem, 0x1000, 16),
-            raced: false,
-        };
-        let mut t = MmioTransport::new(Box::new(racer), mem.clone(), irq).unwrap();
-        negotiate_with(&mut t, EVENT_IDX as u32);
-        setup_queue(&mut t, 0, &tq);
-        wr(&mut t, reg::STATUS, ALL_OK);
+        let (mut t, _irq, mem, tq) = live_racing(EVENT_IDX as u32, true);
         publish_n(&mem, &tq, 0..1);
         wr(&mut t, reg::QUEUE_NOTIFY, 0);
         assert_eq!(tq.used_idx(&mem), 1);
