@@ -75,6 +75,14 @@ pub struct Cli {
     /// for read-only: guest writes then fail with an I/O error. Repeatable.
     #[arg(long, value_name = "PATH[,ro]")]
     pub disk: Vec<String>,
+    /// Empty virtio-blk slots after the disks, for disks attached while the VM runs (through
+    /// --api-sock); the guest sees each as a disk of 0 sectors until then.
+    #[arg(long, value_name = "N")]
+    pub disk_slots: Option<usize>,
+    /// The control socket: JSON requests while the VM runs (attach_disk, detach_disk; the
+    /// disk's file passed as a descriptor). See box_vmm::control.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
     /// Host unix socket for virtio-vsock (hybrid protocol). Host→guest: connect to PATH, write
     /// "CONNECT <port>\n", read "OK <hostport>\n", then raw bytes. Guest→host port P: box-vmm
     /// connects to "PATH_P".
@@ -97,7 +105,7 @@ pub struct Cli {
     #[arg(long)]
     pub boot_timer: bool,
     /// Jail the VMM (as Firecracker's jailer does): new mount, PID, IPC, UTS and network
-    /// namespaces, DIR as its root (kernel, initrd and disks bound in; --vsock-uds and
+    /// namespaces, DIR as its root (kernel, initrd and disks bound in; --vsock-uds, --api-sock and
     /// --console must lie inside DIR), running as --jail-uid/--jail-gid without capabilities.
     #[arg(long, value_name = "DIR")]
     pub jail: Option<PathBuf>,
@@ -303,6 +311,12 @@ pub struct VmConfig {
     /// virtio-blk disks in guest order.
     #[serde(default)]
     pub disks: Vec<DiskConfig>,
+    /// Empty disk slots (after `disks`), filled through the control socket.
+    #[serde(default)]
+    pub disk_slots: usize,
+    /// The control socket.
+    #[serde(default)]
+    pub api_sock: Option<PathBuf>,
     /// Optional virtio-vsock.
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
@@ -342,6 +356,8 @@ impl Default for VmConfig {
             cpus: default_cpus(),
             mem_mib: default_mem(),
             disks: Vec::new(),
+            disk_slots: 0,
+            api_sock: None,
             vsock: None,
             net: None,
             console: Console::Stdout,
@@ -391,6 +407,12 @@ impl VmConfig {
                 .iter()
                 .map(|d| DiskConfig::parse(d))
                 .collect::<Result<_, _>>()?;
+        }
+        if let Some(n) = cli.disk_slots {
+            cfg.disk_slots = n;
+        }
+        if let Some(p) = &cli.api_sock {
+            cfg.api_sock = Some(p.clone());
         }
         match (&cli.vsock_uds, cli.vsock_cid) {
             (Some(uds), cid) => {
@@ -453,8 +475,13 @@ impl VmConfig {
                 return Err(ConfigError::BadNetSpec(format!("{:02x?}", n.mac)));
             }
         }
-        let n =
-            self.disks.len() + usize::from(self.vsock.is_some()) + usize::from(self.net.is_some());
+        if self.disk_slots > 0 && self.api_sock.is_none() {
+            return Err(ConfigError::SlotsWithoutApi);
+        }
+        let n = self.disks.len()
+            + self.disk_slots
+            + usize::from(self.vsock.is_some())
+            + usize::from(self.net.is_some());
         if n > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(n));
         }

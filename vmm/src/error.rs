@@ -77,6 +77,8 @@ pub enum ConfigError {
     BadCid(u64),
     #[error("--vsock-cid given without --vsock-uds")]
     CidWithoutUds,
+    #[error("--disk-slots given without --api-sock: nothing could ever fill them")]
+    SlotsWithoutApi,
     #[error("--kernel is required (on the command line or in the config file)")]
     NoKernel,
     #[error("too many devices: {0} virtio devices, at most {max}", max = crate::arch::x86_64::layout::MAX_VIRTIO_DEVICES)]

@@ -59,6 +59,9 @@ pub fn enter(cfg: &mut VmConfig, jail: &JailConfig) -> Result<()> {
         return Err(ConfigError::JailAsRoot.into());
     }
     // Paths that live in the jail already (the host made them there).
+    if let Some(p) = cfg.api_sock.as_mut() {
+        *p = inside(root, p, "--api-sock")?;
+    }
     if let Some(v) = cfg.vsock.as_mut() {
         v.uds_path = inside(root, &v.uds_path, "--vsock-uds")?;
     }

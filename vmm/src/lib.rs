@@ -6,6 +6,7 @@
 
 pub mod arch;
 pub mod config;
+pub mod control;
 pub mod devices;
 pub mod error;
 pub mod event_loop;

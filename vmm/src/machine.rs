@@ -13,6 +13,7 @@ use vmm_sys_util::signal::Killable;
 use crate::arch::x86_64::layout::*;
 use crate::arch::x86_64::{acpi, boot};
 use crate::config::{Console, VmConfig};
+use crate::control::ControlHandler;
 use crate::devices::legacy::{AcpiPm, BootTimer, I8042};
 use crate::devices::mmio::MmioDeviceManager;
 use crate::devices::serial::{ConsoleOut, ConsoleWriter, SerialDevice};
@@ -215,6 +216,19 @@ impl Machine {
             let blk = Block::open(&d.path, d.read_only, &format!("box-disk-{i}"))
                 .map_err(|_| ConfigError::MissingDisk(d.path.clone()))?;
             mgr.add(&c.vm, c.ram.memory(), &mut mmio_bus, Box::new(blk))?;
+        }
+        let first_slot = mgr.transports.len();
+        for i in 0..cfg.disk_slots {
+            let slot = Block::empty_slot(&format!("box-slot-{i}"));
+            mgr.add(&c.vm, c.ram.memory(), &mut mmio_bus, Box::new(slot))?;
+        }
+        if let Some(path) = &cfg.api_sock {
+            let slots = mgr.transports[first_slot..].to_vec();
+            let h = ControlHandler::bind(path, slots).map_err(Error::io(format!(
+                "control socket: cannot listen on {}",
+                path.display()
+            )))?;
+            mgr.handlers.push(Box::new(h));
         }
         if let Some(v) = &cfg.vsock {
             let dev = Vsock::new(v.guest_cid, &v.uds_path).map_err(Error::io(format!(

@@ -6,7 +6,9 @@
 //!    vsock host→guest and guest→host echoes (1 MiB and 300 kB, past the 256 KiB credit
 //!    window), the guest pinging L1 through the TAP with its configured MAC, the driver
 //!    having taken checksum and TSO offloads, mergeable rx buffers and EVENT_IDX, 4 MiB over
-//!    TCP each way (TSO frames both ways), then `poweroff -f` → exit 0;
+//!    TCP each way (TSO frames both ways), a disk put into an empty slot through box-vmm's
+//!    control socket (seen by the guest with its size and serial, written, emptied again),
+//!    then `poweroff -f` → exit 0;
 //! 2. the ELF vmlinux: boot to userspace, then `reboot -f` → exit 10.
 //!
 //! The L1 script prints one `ok <check>` or `FAIL <check>: <why>` line per check; this side
@@ -67,6 +69,9 @@ const CHECKS: &[&str] = &[
     "net-negotiated",
     "net-tcp-guest-to-host",
     "net-tcp-host-to-guest",
+    "disk-hot-attach",
+    "disk-hot-write",
+    "disk-hot-detach",
     "poweroff-exit-0",
     "boot-vmlinux",
     "reboot-exit-10",
@@ -171,6 +176,19 @@ box-vmm-probe vsock-send 2 5000 300000
 wait $rxpid
 echo "guest: tcp-rx received $(wc -c < /tmp/net.rx)"
 wait $echo_pid
+# The disk slot: found by its serial, empty until L1 attaches a disk through box-vmm's control
+# socket (a config-change interrupt), written, then emptied again.
+slot=""
+for b in /sys/block/vd*; do [ "$(cat $b/serial 2>/dev/null)" = box-slot-0 ] && slot=${b##*/}; done
+echo "guest: slot-empty dev=$slot size=$(cat /sys/block/$slot/size 2>/dev/null)"
+i=0
+while [ -n "$slot" ] && [ "$(cat /sys/block/$slot/size)" = 0 ] && [ $i -lt 300 ]; do i=$((i+1)); sleep 0.1; done
+echo "guest: slot-attached size=$(cat /sys/block/$slot/size 2>/dev/null) serial=$(cat /sys/block/$slot/serial 2>/dev/null) marker=$(dd if=/dev/$slot bs=512 count=1 2>/dev/null | head -c 16)"
+printf BOX-SLOT-WROTE01 | dd of=/dev/$slot bs=512 seek=1 conv=notrunc,fsync 2>/dev/null
+echo "guest: slot-written rc=$?"
+i=0
+while [ -n "$slot" ] && [ "$(cat /sys/block/$slot/size)" != 0 ] && [ $i -lt 300 ]; do i=$((i+1)); sleep 0.1; done
+echo "guest: slot-detached size=$(cat /sys/block/$slot/size 2>/dev/null)"
 echo "guest: done"
 poweroff -f
 "#;
@@ -264,15 +282,23 @@ nc -l -p 7000 < /dev/null > net.recv 2>nc.err &
 ncpid=$!
 box-vmm-probe uds-echo $T/v.sock_5000 > uds-echo.log 2>&1 &
 upid=$!
+dd if=/dev/zero of=slot.img bs=1M count=0 seek=4 2>/dev/null
+printf BOX-SLOT-MARKER1 | dd of=slot.img conv=notrunc 2>/dev/null
 box-vmm --kernel "$BOX_KERNEL" --initrd $G --mem 256 --cpus 1 --cmdline "$CMD box.test=full" \
-    --disk vda.img --disk vdb.img,ro --vsock-uds $T/v.sock --net tap=boxtap0,mac=02:b0:c5:99:00:02 \
-    --console con1.log > vmm1.log 2>&1 &
+    --disk vda.img --disk vdb.img,ro --disk-slots 1 --api-sock $T/api.sock --vsock-uds $T/v.sock \
+    --net tap=boxtap0,mac=02:b0:c5:99:00:02 --console con1.log > vmm1.log 2>&1 &
 vpid=$!
 if waitline "probe: vsock-listening" con1.log $vpid 60; then
     box-vmm-probe uds-connect $T/v.sock 1024 1048576 > uds-connect.log 2>&1
 fi
 if waitline "guest: tcp-rx listening" con1.log $vpid 60; then
     box-vmm-probe tcp-send 10.99.0.2:7001 4194304 > nc-tx.err 2>&1
+fi
+if waitline "guest: slot-empty" con1.log $vpid 60; then
+    box-vmm-probe attach-disk $T/api.sock 0 slot.img ctr-rootfs > attach.log 2>&1
+fi
+if waitline "guest: slot-written" con1.log $vpid 60; then
+    box-vmm-probe detach-disk $T/api.sock 0 > detach.log 2>&1
 fi
 waitexit $vpid 60; rc1=$?
 kill $upid 2>/dev/null
@@ -302,6 +328,13 @@ if [ "$recv" = 4194304 ] && grep -q "probe: tcp-sent 4194304" con1.log; then ok 
 else fail net-tcp-guest-to-host "received $recv of 4194304 bytes: $(tail1 nc.err) $(grep 'probe: tcp' con1.log)"; fi
 if grep -q "guest: tcp-rx received 4194304" con1.log; then ok net-tcp-host-to-guest
 else fail net-tcp-host-to-guest "$(grep 'guest: tcp-rx' con1.log | tr '\r\n' '  ') $(tail1 nc-tx.err)"; fi
+if grep -q "probe: control ok slot=0 sectors=8192" attach.log && grep -q "guest: slot-empty dev=vd[a-z]* size=0" con1.log \
+    && grep -q "guest: slot-attached size=8192 serial=ctr-rootfs marker=BOX-SLOT-MARKER1" con1.log; then ok disk-hot-attach
+else fail disk-hot-attach "$(tail1 attach.log) $(grep 'guest: slot-' con1.log | tr '\r\n' '  ')"; fi
+w=$(sector slot.img 1)
+if [ "$w" = BOX-SLOT-WROTE01 ]; then ok disk-hot-write; else fail disk-hot-write "sector 1 holds '$w'; $(grep 'slot-written' con1.log)"; fi
+if grep -q "probe: control ok slot=0" detach.log && grep -q "guest: slot-detached size=0" con1.log; then ok disk-hot-detach
+else fail disk-hot-detach "$(tail1 detach.log) $(grep 'guest: slot-detached' con1.log)"; fi
 if [ $rc1 = 0 ]; then ok poweroff-exit-0; else fail poweroff-exit-0 "box-vmm exited $rc1: $(tail1 vmm1.log)"; fi
 
 # Boot 2: ELF vmlinux, reboot.
@@ -314,7 +347,7 @@ if [ $rc2 = 10 ]; then ok reboot-exit-10; else fail reboot-exit-10 "box-vmm exit
 t1=$(cut -d' ' -f1 /proc/uptime)
 echo "vmm-tier: L1 script $(awk "BEGIN{{print $t1-$t0}}") s"
 if [ $failed = 1 ]; then
-    for f in con1.log vmm1.log uds-connect.log uds-echo.log con2.log vmm2.log; do
+    for f in con1.log vmm1.log uds-connect.log uds-echo.log attach.log detach.log con2.log vmm2.log; do
         echo "--- $f"; sed 's/^/  | /' $f 2>/dev/null | tail -n 60
     done
 fi

@@ -23,6 +23,9 @@
 //!                                             print bytes and ms from accept to EOF
 //! box-vmm-probe tcp-rr ADDR:PORT N             host: N one-byte request/response round trips,
 //!                                             print their mean in µs
+//! box-vmm-probe attach-disk SOCK SLOT FILE ID [ro]  host: open FILE and put it into disk slot
+//!                                             SLOT through box-vmm's control socket SOCK
+//! box-vmm-probe detach-disk SOCK SLOT          host: empty disk slot SLOT
 //! box-vmm-probe net-guest ADDR:PORT LEN        guest: the benchmark's guest half: sink one TCP
 //!                                             connection on 7001, echo one on 7002, then send
 //!                                             LEN bytes to ADDR:PORT
@@ -63,6 +66,14 @@ fn dispatch(args: &[&str]) -> Res<()> {
         ["tcp-sink", port] => tcp_sink(&listen_tcp(num(port)?)?).map(|_| ()),
         ["tcp-rr", addr, n] => tcp_rr(addr, num(n)?),
         ["net-guest", addr, len] => net_guest(addr, num(len)?),
+        ["attach-disk", sock, slot, file, id, rest @ ..] if rest.is_empty() || rest == ["ro"] => {
+            attach_disk(sock, num(slot)?, file, id, !rest.is_empty())
+        }
+        ["detach-disk", sock, slot] => control(
+            sock,
+            &box_vmm::control::Request::DetachDisk { slot: num(slot)? },
+            None,
+        ),
         _ => Err("usage: see the comment at the top of tests/src/bin/box-vmm-probe.rs".into()),
     }
 }
@@ -462,6 +473,44 @@ fn net_guest(addr: &str, len: usize) -> Res<()> {
     let n = std::io::copy(&mut r, &mut s).map_err(|e| format!("echo: {e}"))?;
     println!("probe: tcp-echoed {n}");
     tcp_send(addr, len)
+}
+
+/// Opens `file` (read-only when `ro`) and hands it to box-vmm for slot `slot`, as the host
+/// library does: the jailed VMM gets the descriptor, never the path.
+fn attach_disk(sock: &str, slot: usize, file: &str, id: &str, ro: bool) -> Res<()> {
+    use std::os::fd::AsFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!ro)
+        .open(file)
+        .map_err(|e| format!("open {file}: {e}"))?;
+    let req = box_vmm::control::Request::AttachDisk {
+        slot,
+        id: id.to_string(),
+        read_only: ro,
+    };
+    control(sock, &req, Some(f.as_fd()))
+}
+
+/// One control request; prints `probe: control ok ...` or `probe: control error: ...`.
+fn control(
+    sock: &str,
+    req: &box_vmm::control::Request,
+    fd: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Res<()> {
+    let r = box_vmm::control::call(std::path::Path::new(sock), req, fd, Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    match (r.ok, r.error) {
+        (true, _) => {
+            println!(
+                "probe: control ok slot={} sectors={}",
+                r.slot.map_or("-".into(), |s| s.to_string()),
+                r.sectors.map_or("-".into(), |s| s.to_string())
+            );
+            Ok(())
+        }
+        (false, e) => Err(format!("control: {}", e.unwrap_or_default())),
+    }
 }
 
 /// Creates TAP `name` as box-vmm opens it and marks it persistent, so that it can be given an

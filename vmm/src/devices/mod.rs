@@ -103,6 +103,22 @@ pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Listens on the unix socket `path`. The socket file is left behind when the VM stops (the
+/// seccomp filter has no `unlink`); the next VM on the same path replaces it.
+pub(crate) fn bind_unix(
+    path: &std::path::Path,
+) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::net::UnixListener;
+    match UnixListener::bind(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            // A stale socket from an earlier run of this VM: replace it.
+            std::fs::remove_file(path)?;
+            UnixListener::bind(path)
+        }
+        r => r,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,12 @@
 //! virtio-blk on a raw image file.
 //!
+//! A device may also be a **slot** (`--disk-slots`): declared at boot with no file (zero
+//! sectors), filled later through box-vmm's control socket with a file the host opened, and
+//! emptied again. The driver learns of each change from a config-change interrupt (the
+//! capacity in config space changes) and can tell disks apart by their id (`GET_ID`, the
+//! guest's `/sys/block/vdX/serial`). A slot never advertises `VIRTIO_BLK_F_RO` (features are
+//! fixed at boot): a disk attached read-only refuses writes with `IOERR` instead.
+//!
 //! Requests: IN, OUT, FLUSH, GET_ID. Every request is checked before any I/O:
 //! the header must be readable, the status byte writable, the data length a
 //! multiple of 512 and the sector range inside the disk. A bad request gets
@@ -41,13 +48,31 @@ struct RequestHeader {
 // SAFETY: plain-old-data, no padding (u32, u32, u64), any bit pattern is valid.
 unsafe impl ByteValued for RequestHeader {}
 
-/// A virtio-blk device backed by a raw file.
+/// A virtio-blk device backed by a raw file, or a slot that may hold one.
 pub struct Block {
-    file: File,
+    /// None: an empty slot (zero sectors).
+    file: Option<File>,
     read_only: bool,
+    /// Attachable and detachable while the VM runs.
+    slot: bool,
     capacity_sectors: u64,
     id: [u8; VIRTIO_BLK_ID_BYTES as usize],
     config: [u8; 24],
+}
+
+/// Why a slot refused an attach or detach.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SlotError {
+    #[error("not a disk slot (a boot disk stays for the VM's life)")]
+    NotASlot,
+    #[error("the slot already holds a disk (detach it first)")]
+    Occupied,
+    #[error("the slot is empty")]
+    Empty,
+    #[error("the file is {0} bytes: a disk needs at least one 512-byte sector")]
+    TooSmall(u64),
+    #[error("cannot read the file's size: {0}")]
+    Stat(String),
 }
 
 /// Why a request failed; only used to pick the status byte and for logs.
@@ -70,23 +95,78 @@ impl Block {
     /// Wraps an open file.
     pub fn from_file(file: File, read_only: bool, id: &str) -> std::io::Result<Self> {
         let len = file.metadata()?.len();
-        // A trailing partial sector cannot be addressed; don't expose it.
-        let capacity_sectors = len / SECTOR_SIZE;
-        let mut idb = [0u8; VIRTIO_BLK_ID_BYTES as usize];
-        let n = id.len().min(idb.len());
-        idb[..n].copy_from_slice(&id.as_bytes()[..n]);
+        let mut b = Block::empty_slot(id);
+        b.slot = false;
+        b.fill(file, len, read_only, id);
+        Ok(b)
+    }
+
+    /// An empty slot with id `id` (until a disk brings its own).
+    pub fn empty_slot(id: &str) -> Self {
+        let mut config = [0u8; 24];
         // struct virtio_blk_config: capacity (u64) @0, size_max (u32) @8, seg_max (u32) @12,
         // geometry (u32) @16, blk_size (u32) @20.
-        let mut config = [0u8; 24];
-        config[0..8].copy_from_slice(&capacity_sectors.to_le_bytes());
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
-        Ok(Block {
-            file,
-            read_only,
-            capacity_sectors,
-            id: idb,
+        let mut b = Block {
+            file: None,
+            read_only: false,
+            slot: true,
+            capacity_sectors: 0,
+            id: [0; VIRTIO_BLK_ID_BYTES as usize],
             config,
-        })
+        };
+        b.set_id(id);
+        b
+    }
+
+    fn set_id(&mut self, id: &str) {
+        self.id = [0; VIRTIO_BLK_ID_BYTES as usize];
+        let n = id.len().min(self.id.len());
+        self.id[..n].copy_from_slice(&id.as_bytes()[..n]);
+    }
+
+    fn fill(&mut self, file: File, len: u64, read_only: bool, id: &str) {
+        // A trailing partial sector cannot be addressed; don't expose it.
+        self.capacity_sectors = len / SECTOR_SIZE;
+        self.config[0..8].copy_from_slice(&self.capacity_sectors.to_le_bytes());
+        self.file = Some(file);
+        self.read_only = read_only;
+        self.set_id(id);
+    }
+
+    /// Puts `file` in this slot as disk `id`; returns its size in sectors. The caller tells
+    /// the driver (a config change).
+    pub fn attach(&mut self, file: File, read_only: bool, id: &str) -> Result<u64, SlotError> {
+        if !self.slot {
+            return Err(SlotError::NotASlot);
+        }
+        if self.file.is_some() {
+            return Err(SlotError::Occupied);
+        }
+        let len = file
+            .metadata()
+            .map_err(|e| SlotError::Stat(e.to_string()))?
+            .len();
+        if len < SECTOR_SIZE {
+            return Err(SlotError::TooSmall(len));
+        }
+        self.fill(file, len, read_only, id);
+        Ok(self.capacity_sectors)
+    }
+
+    /// Empties this slot (the file is closed); the id stays until the next attach. The
+    /// caller tells the driver; requests from then on fail.
+    pub fn detach(&mut self) -> Result<(), SlotError> {
+        if !self.slot {
+            return Err(SlotError::NotASlot);
+        }
+        if self.file.take().is_none() {
+            return Err(SlotError::Empty);
+        }
+        self.capacity_sectors = 0;
+        self.config[0..8].copy_from_slice(&0u64.to_le_bytes());
+        self.read_only = false;
+        Ok(())
     }
 
     /// Disk size in sectors.
@@ -141,12 +221,12 @@ impl Block {
 
         let result: Result<usize, ReqError> = match header.type_ {
             VIRTIO_BLK_T_IN => self.check_range(header.sector, data_len).and_then(|off| {
+                let file = self.file.as_ref().ok_or(ReqError::Io)?;
                 let mut buf = vec![0u8; data_len.min(CHUNK)];
                 let mut done = 0usize;
                 while done < data_len {
                     let n = (data_len - done).min(CHUNK);
-                    self.file
-                        .read_exact_at(&mut buf[..n], off + done as u64)
+                    file.read_exact_at(&mut buf[..n], off + done as u64)
                         .map_err(|_| ReqError::Io)?;
                     writer.write_all(&buf[..n]).map_err(|_| ReqError::Io)?;
                     done += n;
@@ -159,13 +239,13 @@ impl Block {
                     Err(ReqError::ReadOnly)
                 } else {
                     self.check_range(header.sector, len).and_then(|off| {
+                        let file = self.file.as_ref().ok_or(ReqError::Io)?;
                         let mut buf = vec![0u8; len.min(CHUNK)];
                         let mut done = 0usize;
                         while done < len {
                             let n = (len - done).min(CHUNK);
                             reader.read_exact(&mut buf[..n]).map_err(|_| ReqError::Io)?;
-                            self.file
-                                .write_all_at(&buf[..n], off + done as u64)
+                            file.write_all_at(&buf[..n], off + done as u64)
                                 .map_err(|_| ReqError::Io)?;
                             done += n;
                         }
@@ -173,13 +253,10 @@ impl Block {
                     })
                 }
             }
-            VIRTIO_BLK_T_FLUSH => {
-                if self.read_only {
-                    Ok(0)
-                } else {
-                    self.file.sync_data().map(|_| 0).map_err(|_| ReqError::Io)
-                }
-            }
+            VIRTIO_BLK_T_FLUSH => match &self.file {
+                Some(f) if !self.read_only => f.sync_data().map(|_| 0).map_err(|_| ReqError::Io),
+                _ => Ok(0),
+            },
             VIRTIO_BLK_T_GET_ID => {
                 let n = data_len.min(self.id.len());
                 writer
@@ -219,7 +296,7 @@ impl VirtioDevice for Block {
 
     fn features(&self) -> u64 {
         let mut f = (1u64 << VIRTIO_BLK_F_FLUSH) | (1u64 << VIRTIO_BLK_F_SEG_MAX);
-        if self.read_only {
+        if self.read_only && !self.slot {
             f |= 1u64 << VIRTIO_BLK_F_RO;
         }
         f
@@ -227,6 +304,10 @@ impl VirtioDevice for Block {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         super::read_config_bytes(&self.config, offset, data);
+    }
+
+    fn disk_slot(&mut self) -> Option<&mut Block> {
+        self.slot.then_some(self)
     }
 
     fn process_queue(&mut self, idx: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
@@ -499,6 +580,68 @@ mod tests {
         std::fs::write(&p, vec![0u8; 1000]).unwrap();
         let blk = Block::open(&p, true, "x").unwrap();
         assert_eq!(blk.capacity_sectors(), 1);
+        std::fs::remove_file(p).unwrap();
+    }
+
+    #[test]
+    fn a_slot_serves_only_while_it_holds_a_disk() {
+        let mem = test_mem();
+        let mut slot = Block::empty_slot("box-slot-0");
+        let read = |b: &mut Block| {
+            header(&mem, VIRTIO_BLK_T_IN, 0);
+            run(
+                b,
+                &mem,
+                &[(HDR, 16, false), (DATA, 512, true), (STATUS, 1, true)],
+            )
+        };
+        assert_eq!(
+            read(&mut slot).1,
+            VIRTIO_BLK_S_IOERR as u8,
+            "empty: nothing to read"
+        );
+        // FLUSH on an empty slot is harmless.
+        header(&mem, VIRTIO_BLK_T_FLUSH, 0);
+        let (_, st) = run(&mut slot, &mem, &[(HDR, 16, false), (STATUS, 1, true)]);
+        assert_eq!(st, VIRTIO_BLK_S_OK as u8);
+
+        let (boot, p) = disk(4, false);
+        let mut boot = boot;
+        assert_eq!(boot.detach(), Err(SlotError::NotASlot));
+        assert!(boot.disk_slot().is_none());
+        let f = std::fs::OpenOptions::new().read(true).open(&p).unwrap();
+        assert_eq!(slot.attach(f, true, "ctr-1"), Ok(4));
+        assert_eq!(
+            slot.features() & (1 << VIRTIO_BLK_F_RO),
+            0,
+            "features are fixed at boot"
+        );
+        let (len, st) = read(&mut slot);
+        assert_eq!((len, st), (513, VIRTIO_BLK_S_OK as u8));
+        // Read-only attach: writes refused though the driver was never told RO.
+        header(&mem, VIRTIO_BLK_T_OUT, 1);
+        let (_, st) = run(
+            &mut slot,
+            &mem,
+            &[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)],
+        );
+        assert_eq!(st, VIRTIO_BLK_S_IOERR as u8);
+        // GET_ID is the attached disk's id.
+        header(&mem, VIRTIO_BLK_T_GET_ID, 0);
+        run(
+            &mut slot,
+            &mem,
+            &[(HDR, 16, false), (DATA, 20, true), (STATUS, 1, true)],
+        );
+        let mut id = [0u8; 5];
+        mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+        assert_eq!(&id, b"ctr-1");
+        let f2 = std::fs::File::open(&p).unwrap();
+        assert_eq!(slot.attach(f2, true, "ctr-2"), Err(SlotError::Occupied));
+        assert_eq!(slot.detach(), Ok(()));
+        assert_eq!(slot.capacity_sectors(), 0);
+        assert_eq!(read(&mut slot).1, VIRTIO_BLK_S_IOERR as u8, "emptied");
+        assert_eq!(slot.detach(), Err(SlotError::Empty));
         std::fs::remove_file(p).unwrap();
     }
 }

@@ -190,6 +190,20 @@ impl MmioTransport {
         }
     }
 
+    /// The device as a disk slot, if it is one.
+    pub fn disk_slot(&mut self) -> Option<&mut super::block::Block> {
+        self.device.disk_slot()
+    }
+
+    /// Tells the driver the device's config space changed (a slot took or gave back a
+    /// disk). Before DRIVER_OK the driver reads the config when it gets there.
+    pub fn config_changed(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.driver_ok() {
+            self.signal(VIRTIO_MMIO_INT_CONFIG);
+        }
+    }
+
     /// Every queue's (next_avail, next_used), to see afterwards what the device consumed and
     /// completed.
     fn positions(&self) -> Vec<(u16, u16)> {

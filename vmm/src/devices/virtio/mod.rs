@@ -55,6 +55,10 @@ pub trait VirtioDevice: Send {
     ) -> bool {
         false
     }
+    /// The device as a disk slot that can take and give back a disk while the VM runs.
+    fn disk_slot(&mut self) -> Option<&mut block::Block> {
+        None
+    }
 }
 
 /// Copies `src` (a device config struct as bytes) into `data` at `offset`,

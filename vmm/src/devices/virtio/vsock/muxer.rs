@@ -55,23 +55,10 @@ pub struct Muxer {
     next_host_port: u32,
 }
 
-/// The socket file is left behind when the VM stops (the seccomp filter has no
-/// `unlink`); the next VM on the same path replaces it.
-fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    match UnixListener::bind(path) {
-        Err(e) if e.kind() == ErrorKind::AddrInUse => {
-            // A stale socket from an earlier run of this VM: replace it.
-            std::fs::remove_file(path)?;
-            UnixListener::bind(path)
-        }
-        r => r,
-    }
-}
-
 impl Muxer {
     /// Listens on `uds_path` for host connections to guest `guest_cid`.
     pub fn new(uds_path: &Path, guest_cid: u64) -> std::io::Result<Self> {
-        let listener = bind(uds_path)?;
+        let listener = crate::devices::bind_unix(uds_path)?;
         listener.set_nonblocking(true)?;
         let epoll = Epoll::new()?;
         epoll.ctl(
