@@ -290,6 +290,12 @@ pub struct GuestClient {
     exchanges: Arc<AtomicU32>,
 }
 
+/// How long guest-init may take to answer Create.
+const CREATE_BACKSTOP: Duration = Duration::from_secs(120);
+/// How long guest-init may take to answer a call that does not wait for a process
+/// (Start, ConfigureNetwork): a backstop against a guest that stopped answering.
+const RPC_BACKSTOP: Duration = Duration::from_secs(60);
+
 fn ctx() -> ttrpc::context::Context {
     ttrpc::context::Context::default()
 }
@@ -378,7 +384,9 @@ impl GuestClient {
         req: &box_guest_init::api::agent::ConfigureNetworkRequest,
     ) -> Result<(), ClientError> {
         self.count(1);
-        self.agent.configure_network(ctx(), req).await?;
+        tokio::time::timeout(RPC_BACKSTOP, self.agent.configure_network(ctx(), req))
+            .await
+            .map_err(|_| ClientError::Timeout(RPC_BACKSTOP))??;
         Ok(())
     }
 
@@ -444,7 +452,14 @@ impl GuestClient {
                 .collect(),
             ..Default::default()
         };
-        Ok(self.task.create(ctx(), &req).await?.pid)
+        // A backstop, not a wait: guest-init answers once the rootfs is mounted (which may
+        // wait up to 10 s for a disk attached just before); a guest that never answers
+        // must fail the create with a reason, not hang it.
+        tokio::time::timeout(CREATE_BACKSTOP, self.task.create(ctx(), &req))
+            .await
+            .map_err(|_| ClientError::Timeout(CREATE_BACKSTOP))?
+            .map(|r| r.pid)
+            .map_err(Into::into)
     }
 
     pub async fn start(&self, id: &str, exec_id: &str) -> Result<u32, ClientError> {
@@ -454,7 +469,11 @@ impl GuestClient {
             exec_id: exec_id.into(),
             ..Default::default()
         };
-        Ok(self.task.start(ctx(), &req).await?.pid)
+        tokio::time::timeout(RPC_BACKSTOP, self.task.start(ctx(), &req))
+            .await
+            .map_err(|_| ClientError::Timeout(RPC_BACKSTOP))?
+            .map(|r| r.pid)
+            .map_err(Into::into)
     }
 
     /// Registers an exec; `process` is an OCI process spec (JSON), as containerd sends it.

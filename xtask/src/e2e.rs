@@ -91,7 +91,7 @@ hi=$(box exec jailed -- echo hi 2>>/tmp/e10)
 box rm -f jailed >/dev/null 2>>/tmp/e10
 cggone=$([ -d /sys/fs/cgroup/box/jailed ] && echo left || echo gone)
 case "$st" in "Uid: 15"*"CapEff: 0000000000000000;NoNewPrivs: 1;") stok=1;; *) stok=0;; esac
-if [ -n "$vmm" ] && [ $stok = 1 ] && [ "$rootls" = "console.log dev disk0 initrd kernel vsock.sock " ] && [ $samenet = own ] && [ $samemnt = own ] && [ "$cg" = "0::/box/jailed" ] && [ "$memmax" = 402653184 ] && [ "$hi" = hi ] && [ $cggone = gone ]; then ok "10 jailed VMM: uid $(echo $st | cut -d' ' -f2), no caps, no_new_privs, own mount+net ns, root holds only [$rootls], cgroup memory.max $memmax, removed with the sandbox"; else bad "10 jail" "vmm=$vmm st=[$st] root=[$rootls] net=$samenet mnt=$samemnt cg=[$cg] mem=[$memmax] hi=[$hi] cg=$cggone $(tail -3 /tmp/e10)"; fi
+if [ -n "$vmm" ] && [ $stok = 1 ] && [ "$rootls" = "api.sock console.log dev initrd kernel vsock.sock " ] && [ $samenet = own ] && [ $samemnt = own ] && [ "$cg" = "0::/box/jailed" ] && [ "$memmax" = 402653184 ] && [ "$hi" = hi ] && [ $cggone = gone ]; then ok "10 jailed VMM: uid $(echo $st | cut -d' ' -f2), no caps, no_new_privs, own mount+net ns, root holds only [$rootls], cgroup memory.max $memmax, removed with the sandbox"; else bad "10 jail" "vmm=$vmm st=[$st] root=[$rootls] net=$samenet mnt=$samemnt cg=[$cg] mem=[$memmax] hi=[$hi] cg=$cggone $(tail -3 /tmp/e10)"; fi
 
 # cgroups in the guest: the container in its own cgroup, --pids-limit enforced, an OOM inside
 # the container kills the container's process (not the guest) and is reported as such.

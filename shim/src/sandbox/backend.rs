@@ -1,8 +1,11 @@
 //! Where a sandbox runs. Two backends, selected with `$BOX_BACKEND`:
 //!
 //! - `microvm` (default): a microVM under `box-vmm`, guest-init as its PID 1, reached through
-//!   box-vmm's vsock unix socket ([`Endpoint::HybridVsock`]); the container's root filesystem is
-//!   an ext4 image attached read-only as `/dev/vda`.
+//!   box-vmm's vsock unix socket ([`Endpoint::HybridVsock`]). The VM boots with an empty disk
+//!   slot; the container's root filesystem, an ext4 image, goes into it read-only when the
+//!   container is created (box-vmm's control socket, the file passed as a descriptor, so the
+//!   jailed VMM never sees its path), and guest-init finds it by its serial. Booting does not
+//!   depend on the image: the step a pooled or pod VM takes before it knows its container.
 //! - `host-process` (**a test backend**): guest-init as PID 1 of a new PID + mount namespace on
 //!   this host (`unshare --pid --mount --fork --kill-child`), reached through unix sockets
 //!   ([`Endpoint::SocketDir`]); the root filesystem directory is bind-mounted read-only. It
@@ -44,13 +47,20 @@ pub trait Backend: Send + Sync {
     fn preflight(&self) -> Result<(), SandboxError>;
 
     /// Makes the image available to the sandbox; returns the disk to attach (if any) and the
-    /// mounts guest-init applies under the bundle. `dir` is the sandbox's state directory.
+    /// mounts guest-init applies under the bundle. `dir` is the sandbox's state directory,
+    /// `disk_id` the serial the disk will carry in the guest.
     fn prepare_rootfs(
         &self,
         image: &ResolvedImage,
         root: &StateRoot,
         dir: &Path,
+        disk_id: &str,
     ) -> Result<(Option<PathBuf>, Vec<RootfsMount>), SandboxError>;
+
+    /// Puts the container's disk (`paths.disk`) into the running sandbox as `disk_id`.
+    fn attach_rootfs(&self, _paths: &Paths, _disk_id: &str) -> Result<(), SandboxError> {
+        Ok(())
+    }
 
     /// The endpoint file (vsock socket or socket directory) inside `dir`.
     fn endpoint_path(&self, dir: &Path) -> PathBuf;
@@ -247,6 +257,7 @@ impl Backend for MicroVm {
         image: &ResolvedImage,
         root: &StateRoot,
         dir: &Path,
+        disk_id: &str,
     ) -> Result<(Option<PathBuf>, Vec<RootfsMount>), SandboxError> {
         let disk = match &image.digest {
             // Layouts are immutable by digest: one cached disk per image.
@@ -267,11 +278,37 @@ impl Backend for MicroVm {
         };
         let lower = RootfsMount {
             fstype: "ext4".into(),
-            source: "/dev/vda".into(),
+            source: format!("{BY_ID}{disk_id}"),
             target: "lower".into(),
             options: vec!["ro".into()],
         };
         Ok((Some(disk), overlay_mounts(lower)))
+    }
+
+    fn attach_rootfs(&self, paths: &Paths, disk_id: &str) -> Result<(), SandboxError> {
+        use std::os::fd::AsFd;
+        let disk = paths
+            .disk
+            .as_ref()
+            .ok_or_else(|| SandboxError::Io("a microVM needs a container disk".into()))?;
+        let file = std::fs::File::open(disk)
+            .map_err(|e| SandboxError::Io(format!("{}: {e}", disk.display())))?;
+        let req = box_vmm::control::Request::AttachDisk {
+            slot: 0,
+            id: disk_id.to_string(),
+            read_only: true,
+        };
+        let sock = api_sock(paths);
+        let reply = box_vmm::control::call(&sock, &req, Some(file.as_fd()), CONTROL_TIMEOUT)
+            .map_err(|e| SandboxError::Io(e.to_string()))?;
+        if !reply.ok {
+            return Err(SandboxError::Io(format!(
+                "box-vmm refused the container disk {}: {}",
+                disk.display(),
+                reply.error.unwrap_or_default()
+            )));
+        }
+        Ok(())
     }
 
     fn endpoint_path(&self, dir: &Path) -> PathBuf {
@@ -284,10 +321,6 @@ impl Backend for MicroVm {
 
     fn launch(&self, spec: &LaunchSpec<'_>) -> Result<Spawned, SandboxError> {
         let p = spec.paths;
-        let disk = p
-            .disk
-            .as_ref()
-            .ok_or_else(|| SandboxError::Io("a microVM needs a container disk".into()))?;
         let log = open_log(&p.vmm_log)?;
         let jail_dir = p.dir.join(JAIL_DIR);
         std::fs::create_dir_all(&jail_dir)
@@ -313,8 +346,10 @@ impl Backend for MicroVm {
             .arg(spec.cpus.to_string())
             .arg("--mem")
             .arg(spec.memory_mib.to_string())
-            .arg("--disk")
-            .arg(format!("{},ro", disk.display()))
+            .arg("--disk-slots")
+            .arg("1")
+            .arg("--api-sock")
+            .arg(api_sock(p))
             .arg("--vsock-uds")
             .arg(&p.endpoint)
             .arg("--vsock-cid")
@@ -366,8 +401,20 @@ impl Backend for MicroVm {
 /// The descriptor box-vmm finds its TAP at.
 const TAP_FD: i32 = 3;
 
+/// How long one request on box-vmm's control socket may take (it answers from its event
+/// loop at once; this only bounds a VMM that stopped serving).
+const CONTROL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The udev name of a virtio disk by serial, which guest-init resolves itself.
+const BY_ID: &str = "/dev/disk/by-id/virtio-";
+
+/// box-vmm's control socket, in its jail root.
+fn api_sock(paths: &Paths) -> PathBuf {
+    paths.dir.join(JAIL_DIR).join("api.sock")
+}
+
 /// The microVM's own directory inside the sandbox's: the VMM's jail root (its sockets and
-/// console; kernel, initramfs and disks are bound in by box-vmm itself).
+/// console; kernel and initramfs are bound in by box-vmm itself, disks come as descriptors).
 pub const JAIL_DIR: &str = "vmm";
 
 /// The host-process test backend: guest-init as PID 1 of a PID + mount namespace.
@@ -422,6 +469,7 @@ impl Backend for HostProcess {
         image: &ResolvedImage,
         _root: &StateRoot,
         _dir: &Path,
+        _disk_id: &str,
     ) -> Result<(Option<PathBuf>, Vec<RootfsMount>), SandboxError> {
         let lower = RootfsMount {
             fstype: "bind".into(),

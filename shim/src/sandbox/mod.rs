@@ -258,6 +258,12 @@ pub fn merge_env(lists: &[&[String]]) -> Vec<String> {
     out
 }
 
+/// The serial of a container's root disk in the guest (box-vmm takes at most 20 bytes).
+fn rootfs_disk_id(container_id: &str) -> String {
+    let short: String = container_id.chars().take(16).collect();
+    format!("ctr-{short}")
+}
+
 /// A created (or re-attached) sandbox and a client connected to its guest.
 pub struct Sandbox {
     pub record: Record,
@@ -411,8 +417,9 @@ impl Sandbox {
         began: std::time::Instant,
     ) -> Result<Sandbox, String> {
         let phase = |what: &str| tracing::info!("{}: {what} at {:?}", record.name, began.elapsed());
+        let disk_id = rootfs_disk_id(&record.id);
         let (disk, mounts) = backend
-            .prepare_rootfs(image, root, &record.paths.dir)
+            .prepare_rootfs(image, root, &record.paths.dir, &disk_id)
             .map_err(|e| e.to_string())?;
         record.paths.disk = disk;
         root.write(&record).map_err(|e| e.to_string())?;
@@ -477,6 +484,10 @@ impl Sandbox {
                 .map_err(|e| format!("configuring the guest's network: {e}"))?;
             phase("network configured");
         }
+        backend
+            .attach_rootfs(&record.paths, &disk_id)
+            .map_err(|e| format!("attaching the container's disk: {e}"))?;
+        phase("rootfs attached");
         let spec = container_spec(
             &record.name,
             process_spec(

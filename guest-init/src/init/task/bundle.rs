@@ -4,7 +4,8 @@
 //!
 //! Mount targets and overlay directories are relative to the bundle; an empty target means
 //! `rootfs`. Typical for a VM: the container disk read-only at `lower`, a tmpfs at `rw`, and
-//! an overlay at `rootfs` with `lowerdir=lower,upperdir=rw/upper,workdir=rw/work`.
+//! an overlay at `rootfs` with `lowerdir=lower,upperdir=rw/upper,workdir=rw/work`. A disk
+//! attached after boot is named `/dev/disk/by-id/virtio-<serial>` (see `disk`).
 
 use std::path::{Component, Path, PathBuf};
 
@@ -102,7 +103,12 @@ fn mount_one(bundle: &Path, m: &Mount) -> Result<PathBuf, TaskError> {
     }
     let (flags, data) = mount_flags(&options);
     let fstype = (!m.type_.is_empty() && m.type_ != "bind").then_some(m.type_.as_str());
-    let source = (!m.source.is_empty()).then_some(m.source.as_str());
+    // A disk attached after boot is named by its serial (see `disk`).
+    let resolved = super::disk::resolve(&m.source)?;
+    let source = match &resolved {
+        Some(dev) => Some(dev.to_str().unwrap_or_default()),
+        None => (!m.source.is_empty()).then_some(m.source.as_str()),
+    };
     let data = (!data.is_empty()).then_some(data.as_str());
     let flags = MsFlags::from_bits_truncate(flags);
     // A read-only bind needs a second, remounting step.

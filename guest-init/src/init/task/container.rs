@@ -257,7 +257,12 @@ impl Tasks {
             return Err(TaskError::AlreadyExists(format!("container {id:?}")));
         }
         super::bundle::write_spec(bundle, extra.spec.as_ref())?;
-        let rootfs_mounts = super::bundle::mount_rootfs(bundle, &extra.rootfs)?;
+        // Mounting may wait for a disk attached just before (see `disk`): off the runtime.
+        let (b, rootfs) = (bundle.to_path_buf(), extra.rootfs.clone());
+        let rootfs_mounts =
+            tokio::task::spawn_blocking(move || super::bundle::mount_rootfs(&b, &rootfs))
+                .await
+                .map_err(|e| TaskError::Internal(format!("mounting the rootfs: {e}")))??;
         let created = self
             .create_in_bundle(req, bundle, rootfs_mounts.clone())
             .await;

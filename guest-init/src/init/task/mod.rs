@@ -3,6 +3,7 @@
 
 mod bundle;
 mod container;
+mod disk;
 mod etc;
 mod process;
 pub mod service;
