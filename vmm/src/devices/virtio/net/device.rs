@@ -372,15 +372,30 @@ mod tests {
         TestQueue,
         TestQueue,
     ) {
+        device_with(16, 0)
+    }
+
+    /// A device with an rx queue of `rx_size` whose driver acked `acked`.
+    fn device_with(
+        rx_size: u16,
+        acked: u64,
+    ) -> (
+        Net,
+        UnixDatagram,
+        Vec<Queue>,
+        GuestMemoryMmap,
+        TestQueue,
+        TestQueue,
+    ) {
         let (a, b) = UnixDatagram::pair().unwrap();
         a.set_nonblocking(true).unwrap();
         b.set_nonblocking(true).unwrap();
         let mut net = Net::new(OwnedFd::from(a), MAC, false).unwrap();
         let mem = test_mem();
-        let rx = TestQueue::new(&mem, RXQ, 16);
+        let rx = TestQueue::new(&mem, RXQ, rx_size);
         let tx = TestQueue::new(&mem, TXQ, 16);
         let queues = vec![rx.queue(), tx.queue()];
-        net.activate(0, None);
+        net.activate(acked, None);
         (net, b, queues, mem, rx, tx)
     }
 
@@ -606,16 +621,8 @@ mod tests {
 
     /// A device whose driver took mergeable rx buffers, with a 64-entry rx queue.
     fn mergeable_device() -> (Net, UnixDatagram, Vec<Queue>, GuestMemoryMmap, TestQueue) {
-        let (a, b) = UnixDatagram::pair().unwrap();
-        a.set_nonblocking(true).unwrap();
-        b.set_nonblocking(true).unwrap();
-        let mut net = Net::new(OwnedFd::from(a), MAC, false).unwrap();
-        let mem = test_mem();
-        let rx = TestQueue::new(&mem, RXQ, 64);
-        let tx = TestQueue::new(&mem, TXQ, 16);
-        let queues = vec![rx.queue(), tx.queue()];
-        net.activate(bit(VIRTIO_NET_F_MRG_RXBUF), None);
-        (net, b, queues, mem, rx)
+        let (net, host, q, mem, rx, _tx) = device_with(64, bit(VIRTIO_NET_F_MRG_RXBUF));
+        (net, host, q, mem, rx)
     }
 
     /// Posts one-descriptor buffers of `len` bytes, heads `heads`, at BUF + head * 4 KiB.
