@@ -7,11 +7,10 @@
 //! interrupts leave through an irqfd; a notify that does reach us as an MMIO exit
 //! is handled inline.
 //!
-//! Notifications both ways are suppressed as the driver asks, which is what keeps a busy
-//! queue from costing a VM exit per buffer: with `VIRTIO_RING_F_EVENT_IDX` (offered for every
-//! device) the device re-arms each queue's `avail_event` after serving it and interrupts only
-//! when the driver's `used_event` was crossed; without it, `VRING_AVAIL_F_NO_INTERRUPT` is
-//! honoured.
+//! Interrupts are suppressed as the driver asks (`VRING_AVAIL_F_NO_INTERRUPT`). The transport
+//! also serves `VIRTIO_RING_F_EVENT_IDX` (re-arming each queue's `avail_event` after serving it,
+//! interrupting only past the driver's `used_event`), but does not offer it yet: see
+//! [`EVENT_IDX`].
 
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
@@ -38,7 +37,9 @@ pub const MMIO_MAGIC: u32 = 0x7472_6976;
 pub const MMIO_VERSION: u32 = 2;
 /// Our vendor id ("BOX").
 pub const VENDOR_ID: u32 = 0x0058_4f42;
-/// Offered for every device: notification suppression is the transport's job.
+/// VIRTIO_RING_F_EVENT_IDX. Not offered for now: with it, two of eight nested e2e runs hung
+/// on a guest that stopped answering, a cause not yet found (see the settle logic below,
+/// which serves it when a driver acks it).
 pub const EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
 
 /// Register offsets.
@@ -89,6 +90,7 @@ pub struct MmioTransport {
     status: u32,
     interrupt_status: u32,
     config_generation: u32,
+    offer_event_idx: bool,
 }
 
 impl MmioTransport {
@@ -119,6 +121,7 @@ impl MmioTransport {
             status: 0,
             interrupt_status: 0,
             config_generation: 0,
+            offer_event_idx: false,
         })
     }
 
@@ -138,7 +141,13 @@ impl MmioTransport {
     }
 
     fn offered_features(&self) -> u64 {
-        self.device.features() | VIRTIO_F_VERSION_1 | EVENT_IDX
+        let event_idx = if self.offer_event_idx { EVENT_IDX } else { 0 };
+        self.device.features() | VIRTIO_F_VERSION_1 | event_idx
+    }
+
+    /// Offers EVENT_IDX (off by default, see [`EVENT_IDX`]).
+    pub fn offer_event_idx(&mut self, on: bool) {
+        self.offer_event_idx = on;
     }
 
     fn driver_ok(&self) -> bool {
@@ -612,7 +621,7 @@ mod tests {
         assert_eq!(rd(&mut t, reg::MAGIC), MMIO_MAGIC);
         assert_eq!(rd(&mut t, reg::VERSION), 2);
         assert_eq!(rd(&mut t, reg::DEVICE_ID), 42);
-        assert_eq!(rd(&mut t, reg::DEVICE_FEATURES), 1 << 3 | EVENT_IDX as u32);
+        assert_eq!(rd(&mut t, reg::DEVICE_FEATURES), 1 << 3);
         wr(&mut t, reg::DEVICE_FEATURES_SEL, 1);
         assert_eq!(rd(&mut t, reg::DEVICE_FEATURES), 1);
         wr(&mut t, reg::DEVICE_FEATURES_SEL, 7);
@@ -795,6 +804,7 @@ mod tests {
     fn live_racing(low: u32, race: bool) -> (MmioTransport, EventFd, GuestMemoryMmap, TestQueue) {
         // A TestQueue is only addresses: the racer publishes into the transport's memory.
         let (mut t, irq) = transport_racing(race.then(|| TestQueue::new(&test_mem(), 0x1000, 16)));
+        t.offer_event_idx(true);
         let mem = t.mem.clone();
         negotiate_with(&mut t, low);
         let tq = TestQueue::new(&mem, 0x1000, 16);
