@@ -362,31 +362,25 @@ mod tests {
     const TXQ: u64 = 0x8000;
     const BUF: u64 = 0x10_0000;
 
-    /// A device whose "TAP" is one end of a datagram socketpair (frames keep their
-    /// boundaries, as on a TAP); the other end is the host side.
-    fn device() -> (
+    /// A device, the host end of its "TAP", its queues, guest memory, and the rx and tx
+    /// queues' layouts.
+    type Fixture = (
         Net,
         UnixDatagram,
         Vec<Queue>,
         GuestMemoryMmap,
         TestQueue,
         TestQueue,
-    ) {
+    );
+
+    /// A device whose "TAP" is one end of a datagram socketpair (frames keep their
+    /// boundaries, as on a TAP); the other end is the host side.
+    fn device() -> Fixture {
         device_with(16, 0)
     }
 
     /// A device with an rx queue of `rx_size` whose driver acked `acked`.
-    fn device_with(
-        rx_size: u16,
-        acked: u64,
-    ) -> (
-        Net,
-        UnixDatagram,
-        Vec<Queue>,
-        GuestMemoryMmap,
-        TestQueue,
-        TestQueue,
-    ) {
+    fn device_with(rx_size: u16, acked: u64) -> Fixture {
         let (a, b) = UnixDatagram::pair().unwrap();
         a.set_nonblocking(true).unwrap();
         b.set_nonblocking(true).unwrap();
