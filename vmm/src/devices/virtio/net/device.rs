@@ -543,10 +543,7 @@ mod tests {
             &[(BUF, 11, true), (BUF + 0x1000, MAX_FRAME as u32, true)],
         );
         rx.publish(&mem, 0);
-        let mut f = frame(3000, 0);
-        for (i, b) in f.iter_mut().enumerate().skip(VNET_HDR_LEN) {
-            *b = (i % 251) as u8;
-        }
+        let mut f = patterned(3000);
         f[NUM_BUFFERS_AT] = 0xee;
         f[NUM_BUFFERS_AT + 1] = 0xee;
         host.send(&f).unwrap();

@@ -31,38 +31,81 @@ impl Segments {
 
     /// Reads one frame from `fd` into the buffers.
     pub fn readv(&self, fd: BorrowedFd<'_>) -> nix::Result<usize> {
-        // SAFETY: each of the `n` iovecs points into guest memory that the `GuestMemoryMmap`
-        // borrowed by `segments` keeps mapped for this call, and is at most iov_len long; the
-        // guest may touch those bytes meanwhile, as it may with any device's DMA.
-        let r = unsafe { libc::readv(fd.as_raw_fd(), self.iov.as_ptr(), self.n as libc::c_int) };
-        nix::errno::Errno::result(r).map(|n| n as usize)
+        // SAFETY: the iovecs come from `host_iovec` over the memory `segments` borrowed,
+        // which stays mapped for the VM's life.
+        unsafe { readv(fd, &self.iov[..self.n]) }
     }
 
     /// Writes the buffers to `fd` as one frame.
     pub fn writev(&self, fd: BorrowedFd<'_>) -> nix::Result<usize> {
-        // SAFETY: as in `readv`; the kernel only reads the iovecs' bytes.
-        let r = unsafe { libc::writev(fd.as_raw_fd(), self.iov.as_ptr(), self.n as libc::c_int) };
-        nix::errno::Errno::result(r).map(|n| n as usize)
+        // SAFETY: as in `readv`.
+        unsafe { writev(fd, &self.iov[..self.n]) }
     }
 
     /// Writes `bytes` at offset `at` of the chain's buffers (which may split them).
     pub fn write_at(&self, mem: &GuestMemoryMmap, at: usize, bytes: &[u8]) -> bool {
-        for (k, b) in bytes.iter().enumerate() {
-            let mut off = at + k;
-            let mut done = false;
-            for &(addr, len) in &self.guest[..self.n] {
-                if off < len {
-                    done = mem.write_obj(*b, GuestAddress(addr + off as u64)).is_ok();
-                    break;
-                }
-                off -= len;
-            }
-            if !done {
-                return false;
-            }
-        }
-        true
+        write_at(mem, &self.guest[..self.n], at, bytes)
     }
+}
+
+/// The host iovec over `len` bytes of guest memory at `addr`, if they lie in one region.
+pub fn host_iovec(
+    mem: &GuestMemoryMmap,
+    addr: GuestAddress,
+    len: usize,
+    writable: bool,
+) -> Option<libc::iovec> {
+    let slice = mem.get_slice(addr, len).ok()?;
+    let ptr = if writable {
+        slice.ptr_guard_mut().as_ptr()
+    } else {
+        slice.ptr_guard().as_ptr().cast_mut()
+    };
+    Some(libc::iovec {
+        iov_base: ptr.cast(),
+        iov_len: len,
+    })
+}
+
+/// Reads one frame from `fd` into `iov`.
+///
+/// # Safety
+/// Every iovec must come from [`host_iovec`] (writable) over guest memory that stays mapped
+/// for the call. The guest may touch those bytes meanwhile, as it may with any device's DMA.
+pub unsafe fn readv(fd: BorrowedFd<'_>, iov: &[libc::iovec]) -> nix::Result<usize> {
+    // SAFETY: the caller vouches for every iovec; the count is the slice's.
+    let r = unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+    nix::errno::Errno::result(r).map(|n| n as usize)
+}
+
+/// Writes `iov` to `fd` as one frame.
+///
+/// # Safety
+/// As for [`readv`]; the kernel only reads the bytes.
+pub unsafe fn writev(fd: BorrowedFd<'_>, iov: &[libc::iovec]) -> nix::Result<usize> {
+    // SAFETY: the caller vouches for every iovec; the count is the slice's.
+    let r = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
+    nix::errno::Errno::result(r).map(|n| n as usize)
+}
+
+/// Writes `bytes` at offset `at` of the guest buffers `segs` (address, length): a driver may
+/// split a header anywhere. False when a byte did not land.
+pub fn write_at(mem: &GuestMemoryMmap, segs: &[(u64, usize)], at: usize, bytes: &[u8]) -> bool {
+    for (k, b) in bytes.iter().enumerate() {
+        let mut off = at + k;
+        let mut done = false;
+        for &(addr, len) in segs {
+            if off < len {
+                done = mem.write_obj(*b, GuestAddress(addr + off as u64)).is_ok();
+                break;
+            }
+            off -= len;
+        }
+        if !done {
+            return false;
+        }
+    }
+    true
 }
 
 /// The chain's buffers if it is plain (see the module docs): all device-writable when
@@ -86,16 +129,7 @@ pub fn segments(
             return None;
         }
         let len = d.len() as usize;
-        let slice = mem.get_slice(d.addr(), len).ok()?;
-        let ptr = if writable {
-            slice.ptr_guard_mut().as_ptr()
-        } else {
-            slice.ptr_guard().as_ptr().cast_mut()
-        };
-        s.iov[s.n] = libc::iovec {
-            iov_base: ptr.cast(),
-            iov_len: len,
-        };
+        s.iov[s.n] = host_iovec(mem, d.addr(), len, writable)?;
         s.guest[s.n] = (d.addr().0, len);
         s.n += 1;
         s.total += len;

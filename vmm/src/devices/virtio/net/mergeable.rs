@@ -12,11 +12,12 @@
 //! hold the largest one ([`MAX_FRAME`]); until then the TAP's queue holds the frames.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
+use super::iov::{self, host_iovec};
 use super::{MAX_FRAME, VNET_HDR_LEN};
 
 /// `num_buffers` sits at bytes 10..12 of the vnet header.
@@ -27,7 +28,7 @@ const IOV_MAX: usize = 1024;
 /// One posted chain: its head and its device-writable buffers in the guest.
 struct RxChain {
     head: u16,
-    segs: Vec<(GuestAddress, usize)>,
+    segs: Vec<(u64, usize)>,
     cap: usize,
 }
 
@@ -71,7 +72,7 @@ impl MergeableRx {
                     ok = false;
                     break;
                 }
-                segs.push((d.addr(), len));
+                segs.push((d.addr().0, len));
                 cap += len;
             }
             if ok && cap > 0 {
@@ -108,12 +109,9 @@ impl MergeableRx {
                 }
             }
             let (iov, chains) = self.iovecs(mem);
-            // SAFETY: every iovec points into guest memory that `mem` keeps mapped for this
-            // call (each was checked with get_slice), at most iov_len long; the guest may
-            // touch those bytes meanwhile, as it may with any device's DMA.
-            let r = unsafe { libc::readv(tap.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
-            let n = match nix::errno::Errno::result(r) {
-                Ok(n) => n as usize,
+            // SAFETY: every iovec comes from `host_iovec` over `mem`, mapped for the VM's life.
+            let n = match unsafe { iov::readv(tap, &iov) } {
+                Ok(n) => n,
                 Err(nix::Error::EINTR) => continue,
                 Err(nix::Error::EAGAIN) => return out,
                 Err(e) => {
@@ -135,7 +133,8 @@ impl MergeableRx {
                 left -= len;
                 if k == 0 && fits {
                     let count = self.count_chains(n, c.cap);
-                    write_at(mem, &c.segs, NUM_BUFFERS_AT, &count.to_le_bytes());
+                    // Cannot fail: the chain's buffers were checked when it was taken.
+                    let _ = iov::write_at(mem, &c.segs, NUM_BUFFERS_AT, &count.to_le_bytes());
                 }
                 if let Err(e) = q.add_used(mem, c.head, len as u32) {
                     tracing::warn!("virtio-net: cannot complete an rx buffer: {e}");
@@ -183,21 +182,14 @@ impl MergeableRx {
             let start = iov.len();
             for &(addr, len) in &c.segs {
                 // Checked when the chain was taken; guest memory does not change shape.
-                let slice = mem.get_slice(addr, len);
-                let Ok(slice) = slice.map_err(|_| ()).and_then(|s| {
-                    if iov.len() < IOV_MAX {
-                        Ok(s)
-                    } else {
-                        Err(())
+                let v = host_iovec(mem, GuestAddress(addr), len, true);
+                match v.filter(|_| iov.len() < IOV_MAX) {
+                    Some(v) => iov.push(v),
+                    None => {
+                        iov.truncate(start);
+                        break 'chains;
                     }
-                }) else {
-                    iov.truncate(start);
-                    break 'chains;
-                };
-                iov.push(libc::iovec {
-                    iov_base: slice.ptr_guard_mut().as_ptr().cast(),
-                    iov_len: len,
-                });
+                }
             }
             chains += 1;
             cap += c.cap;
@@ -206,19 +198,5 @@ impl MergeableRx {
             }
         }
         (iov, chains)
-    }
-}
-
-/// Writes `bytes` at offset `at` of buffers `segs` (a driver may split the header anywhere).
-fn write_at(mem: &GuestMemoryMmap, segs: &[(GuestAddress, usize)], at: usize, bytes: &[u8]) {
-    for (k, b) in bytes.iter().enumerate() {
-        let mut off = at + k;
-        for &(addr, len) in segs {
-            if off < len {
-                let _ = mem.write_obj(*b, GuestAddress(addr.0 + off as u64));
-                break;
-            }
-            off -= len;
-        }
     }
 }
