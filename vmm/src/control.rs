@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::devices::lock;
-use crate::devices::virtio::block::SlotError;
+use crate::devices::virtio::block::{Block, SlotError};
 use crate::devices::virtio::mmio_transport::MmioTransport;
 use crate::event_loop::{EventHandler, EventOps};
 
@@ -147,68 +147,81 @@ impl ControlHandler {
     }
 
     /// Serves one complete request.
-    fn serve(&self, bytes: &[u8], mut fds: Vec<OwnedFd>) -> Reply {
+    fn serve(&self, bytes: &[u8], fds: Vec<OwnedFd>) -> Reply {
         let req: Request = match serde_json::from_slice(bytes) {
             Ok(r) => r,
             Err(e) => return Reply::err(format!("malformed request: {e}")),
         };
-        let slot_of = |slot: usize| {
-            self.slots.get(slot).ok_or_else(|| {
-                Reply::err(format!(
-                    "no disk slot {slot} (this VM has {}: --disk-slots)",
-                    self.slots.len()
-                ))
-            })
-        };
-        let result = match req {
+        match req {
             Request::AttachDisk {
                 slot,
                 id,
                 read_only,
-            } => (|| {
-                if fds.len() != 1 {
-                    return Err(Reply::err(format!(
-                        "attach_disk takes exactly one file descriptor (SCM_RIGHTS), got {}",
-                        fds.len()
-                    )));
-                }
-                check_id(&id).map_err(Reply::err)?;
-                let file = File::from(fds.remove(0));
-                check_access(file.as_fd(), read_only).map_err(Reply::err)?;
-                let mut t = lock(slot_of(slot)?);
-                let sectors = t
-                    .disk_slot()
-                    .ok_or(SlotError::NotASlot)
-                    .and_then(|b| b.attach(file, read_only, &id))
-                    .map_err(|e| Reply::err(format!("slot {slot}: {e}")))?;
-                t.config_changed();
-                tracing::info!("control: disk {id:?} in slot {slot} ({sectors} sectors)");
-                Ok(Reply {
-                    ok: true,
-                    slot: Some(slot),
-                    sectors: Some(sectors),
-                    ..Default::default()
-                })
-            })(),
-            Request::DetachDisk { slot } => (|| {
-                if !fds.is_empty() {
-                    return Err(Reply::err("detach_disk takes no file descriptor"));
-                }
-                let mut t = lock(slot_of(slot)?);
-                t.disk_slot()
-                    .ok_or(SlotError::NotASlot)
-                    .and_then(|b| b.detach())
-                    .map_err(|e| Reply::err(format!("slot {slot}: {e}")))?;
-                t.config_changed();
-                tracing::info!("control: slot {slot} emptied");
-                Ok(Reply {
-                    ok: true,
-                    slot: Some(slot),
-                    ..Default::default()
-                })
-            })(),
-        };
-        result.unwrap_or_else(|e| e)
+            } => self.attach(slot, &id, read_only, fds),
+            Request::DetachDisk { slot } => self.detach(slot, fds),
+        }
+        .unwrap_or_else(|e| e)
+    }
+
+    fn attach(
+        &self,
+        slot: usize,
+        id: &str,
+        read_only: bool,
+        mut fds: Vec<OwnedFd>,
+    ) -> Result<Reply, Reply> {
+        if fds.len() != 1 {
+            return Err(Reply::err(format!(
+                "attach_disk takes exactly one file descriptor (SCM_RIGHTS), got {}",
+                fds.len()
+            )));
+        }
+        check_id(id).map_err(Reply::err)?;
+        let file = File::from(fds.remove(0));
+        check_access(file.as_fd(), read_only).map_err(Reply::err)?;
+        let sectors = self.change_slot(slot, |b| b.attach(file, read_only, id))?;
+        tracing::info!("control: disk {id:?} in slot {slot} ({sectors} sectors)");
+        Ok(Reply {
+            ok: true,
+            slot: Some(slot),
+            sectors: Some(sectors),
+            ..Default::default()
+        })
+    }
+
+    fn detach(&self, slot: usize, fds: Vec<OwnedFd>) -> Result<Reply, Reply> {
+        if !fds.is_empty() {
+            return Err(Reply::err("detach_disk takes no file descriptor"));
+        }
+        self.change_slot(slot, |b| b.detach())?;
+        tracing::info!("control: slot {slot} emptied");
+        Ok(Reply {
+            ok: true,
+            slot: Some(slot),
+            ..Default::default()
+        })
+    }
+
+    /// Runs `change` on disk slot `slot` and, when it succeeds, tells the driver.
+    fn change_slot<T>(
+        &self,
+        slot: usize,
+        change: impl FnOnce(&mut Block) -> Result<T, SlotError>,
+    ) -> Result<T, Reply> {
+        let t = self.slots.get(slot).ok_or_else(|| {
+            Reply::err(format!(
+                "no disk slot {slot} (this VM has {}: --disk-slots)",
+                self.slots.len()
+            ))
+        })?;
+        let mut t = lock(t);
+        let r = t
+            .disk_slot()
+            .ok_or(SlotError::NotASlot)
+            .and_then(change)
+            .map_err(|e| Reply::err(format!("slot {slot}: {e}")))?;
+        t.config_changed();
+        Ok(r)
     }
 }
 

@@ -95,28 +95,32 @@ impl Block {
     /// Wraps an open file.
     pub fn from_file(file: File, read_only: bool, id: &str) -> std::io::Result<Self> {
         let len = file.metadata()?.len();
-        let mut b = Block::empty_slot(id);
-        b.slot = false;
+        let mut b = Block::blank(false);
         b.fill(file, len, read_only, id);
         Ok(b)
     }
 
     /// An empty slot with id `id` (until a disk brings its own).
     pub fn empty_slot(id: &str) -> Self {
+        let mut b = Block::blank(true);
+        b.set_id(id);
+        b
+    }
+
+    /// No file, no id, zero sectors.
+    fn blank(slot: bool) -> Self {
         let mut config = [0u8; 24];
         // struct virtio_blk_config: capacity (u64) @0, size_max (u32) @8, seg_max (u32) @12,
         // geometry (u32) @16, blk_size (u32) @20.
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
-        let mut b = Block {
+        Block {
             file: None,
             read_only: false,
-            slot: true,
+            slot,
             capacity_sectors: 0,
             id: [0; VIRTIO_BLK_ID_BYTES as usize],
             config,
-        };
-        b.set_id(id);
-        b
+        }
     }
 
     fn set_id(&mut self, id: &str) {
