@@ -270,14 +270,6 @@ fn net_table(console: &str) -> String {
                 format!("{v:.2} {unit}")
             }
         };
-        let ratio = |a: f64, b: f64| {
-            let r = a / b;
-            if r.is_finite() {
-                format!("{r:.2}")
-            } else {
-                "-".into()
-            }
-        };
         let (a, q) = (of("box-vmm", leg), of("qemu", leg));
         t.push_str(&format!(
             "| {name} | {} | {} | {} |",
@@ -370,6 +362,16 @@ fn parse_phase(line: &str) -> Option<(&str, &str, f64)> {
     let (_, rest) = rest.split_once(": ")?;
     let (what, at) = rest.rsplit_once(" at ")?;
     Some((label, what, duration_ms(at)?))
+}
+
+/// `a / b` for a table cell, `-` when either side is missing.
+fn ratio(a: f64, b: f64) -> String {
+    let r = a / b;
+    if r.is_finite() {
+        format!("{r:.2}")
+    } else {
+        "-".into()
+    }
 }
 
 /// The median of a series that may be missing (NaN then).
@@ -465,12 +467,10 @@ fn vmm_table(console: &str) -> Result<String> {
             }
         }
         for (a, o) in &ratios {
-            let r = median(of(a, key)) / median(of(o, key));
-            if r.is_finite() {
-                t.push_str(&format!(" {r:.2} |"));
-            } else {
-                t.push_str(" - |");
-            }
+            t.push_str(&format!(
+                " {} |",
+                ratio(median(of(a, key)), median(of(o, key)))
+            ));
         }
         t.push('\n');
     }
@@ -543,12 +543,7 @@ fn box_table(console: &str) -> String {
             }
         }
         if vals.len() == 2 {
-            let r = vals[0] / vals[1];
-            if r.is_finite() {
-                t.push_str(&format!(" {r:.2} |"));
-            } else {
-                t.push_str(" - |");
-            }
+            t.push_str(&format!(" {} |", ratio(vals[0], vals[1])));
         }
         t.push('\n');
     };
