@@ -4,5 +4,6 @@
 
 pub mod agent_client;
 pub mod cli;
+pub mod containerd;
 pub mod network;
 pub mod sandbox;

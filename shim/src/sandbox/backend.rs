@@ -35,6 +35,8 @@ pub struct LaunchSpec<'a> {
     pub jail: bool,
     /// The guest NIC's TAP (opened by the host library) and MAC.
     pub net: Option<(&'a std::os::fd::OwnedFd, &'a str)>,
+    /// Empty disk slots for containers' disks attached later.
+    pub disk_slots: u32,
 }
 
 pub trait Backend: Send + Sync {
@@ -57,8 +59,22 @@ pub trait Backend: Send + Sync {
         disk_id: &str,
     ) -> Result<(Option<PathBuf>, Vec<RootfsMount>), SandboxError>;
 
-    /// Puts the container's disk (`paths.disk`) into the running sandbox as `disk_id`.
-    fn attach_rootfs(&self, _paths: &Paths, _disk_id: &str) -> Result<(), SandboxError> {
+    /// Puts a container's disk into the running sandbox's `slot`, with serial `disk_id`.
+    fn attach_disk(
+        &self,
+        _paths: &Paths,
+        _slot: usize,
+        _file: &Path,
+        _disk_id: &str,
+        _read_only: bool,
+    ) -> Result<(), SandboxError> {
+        Err(SandboxError::InvalidOption(
+            "this backend has no disks: container roots are host directories".into(),
+        ))
+    }
+
+    /// Empties a disk slot of the running sandbox.
+    fn detach_disk(&self, _paths: &Paths, _slot: usize) -> Result<(), SandboxError> {
         Ok(())
     }
 
@@ -285,30 +301,32 @@ impl Backend for MicroVm {
         Ok((Some(disk), overlay_mounts(lower)))
     }
 
-    fn attach_rootfs(&self, paths: &Paths, disk_id: &str) -> Result<(), SandboxError> {
+    fn attach_disk(
+        &self,
+        paths: &Paths,
+        slot: usize,
+        file: &Path,
+        disk_id: &str,
+        read_only: bool,
+    ) -> Result<(), SandboxError> {
         use std::os::fd::AsFd;
-        let disk = paths
-            .disk
-            .as_ref()
-            .ok_or_else(|| SandboxError::Io("a microVM needs a container disk".into()))?;
-        let file = std::fs::File::open(disk)
-            .map_err(|e| SandboxError::Io(format!("{}: {e}", disk.display())))?;
+        let f = std::fs::File::options()
+            .read(true)
+            .write(!read_only)
+            .open(file)
+            .map_err(|e| SandboxError::Io(format!("{}: {e}", file.display())))?;
         let req = box_vmm::control::Request::AttachDisk {
-            slot: 0,
+            slot,
             id: disk_id.to_string(),
-            read_only: true,
+            read_only,
         };
-        let sock = api_sock(paths);
-        let reply = box_vmm::control::call(&sock, &req, Some(file.as_fd()), CONTROL_TIMEOUT)
-            .map_err(|e| SandboxError::Io(e.to_string()))?;
-        if !reply.ok {
-            return Err(SandboxError::Io(format!(
-                "box-vmm refused the container disk {}: {}",
-                disk.display(),
-                reply.error.unwrap_or_default()
-            )));
-        }
-        Ok(())
+        control(paths, &req, Some(f.as_fd()))
+            .map_err(|e| SandboxError::Io(format!("disk {}: {e}", file.display())))
+    }
+
+    fn detach_disk(&self, paths: &Paths, slot: usize) -> Result<(), SandboxError> {
+        control(paths, &box_vmm::control::Request::DetachDisk { slot }, None)
+            .map_err(|e| SandboxError::Io(format!("emptying disk slot {slot}: {e}")))
     }
 
     fn endpoint_path(&self, dir: &Path) -> PathBuf {
@@ -347,7 +365,7 @@ impl Backend for MicroVm {
             .arg("--mem")
             .arg(spec.memory_mib.to_string())
             .arg("--disk-slots")
-            .arg("1")
+            .arg(spec.disk_slots.to_string())
             .arg("--api-sock")
             .arg(api_sock(p))
             .arg("--vsock-uds")
@@ -406,7 +424,24 @@ const TAP_FD: i32 = 3;
 const CONTROL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The udev name of a virtio disk by serial, which guest-init resolves itself.
-const BY_ID: &str = "/dev/disk/by-id/virtio-";
+pub(crate) const BY_ID: &str = "/dev/disk/by-id/virtio-";
+
+/// One request on box-vmm's control socket; a refusal is an error with box-vmm's reason.
+fn control(
+    paths: &Paths,
+    req: &box_vmm::control::Request,
+    fd: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Result<(), String> {
+    let reply = box_vmm::control::call(&api_sock(paths), req, fd, CONTROL_TIMEOUT)
+        .map_err(|e| e.to_string())?;
+    if !reply.ok {
+        return Err(format!(
+            "box-vmm refused: {}",
+            reply.error.unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
 
 /// box-vmm's control socket, in its jail root.
 fn api_sock(paths: &Paths) -> PathBuf {

@@ -1,8 +1,10 @@
-//! Sandboxes: a microVM (or, for tests, a host-process init) running one container.
+//! Sandboxes: a microVM (or, for tests, a host-process init) holding containers.
 //!
-//! Lifecycle: [`Sandbox::create`] reserves the name, writes the record (`Creating`), prepares
-//! the image, launches the backend's process, waits for readiness (bounded by the process's
-//! liveness) and creates the container; [`Sandbox::start`] starts it (`Running`); the caller
+//! One boot path for every front door: [`Sandbox::create_vm`] (a pod's VM, containers added
+//! later with [`Sandbox::add_container`]) and [`Sandbox::create`] (`box run`: the VM and its
+//! one container) both reserve the name, write the record (`Creating`), launch the backend's
+//! process, wait for readiness (bounded by the process's liveness) and configure the guest's
+//! network; [`Sandbox::start`] starts `box run`'s container (`Running`); the caller
 //! streams its stdio and waits; [`stop`] shuts the sandbox down (`Exited`); [`remove`] is the
 //! only thing that deletes a record. Any failure during creation leaves the record `Failed`
 //! with the reason and the console tail, files kept.
@@ -24,7 +26,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::agent_client::{ClientError, Endpoint, GuestClient, StdioRequest};
+use crate::agent_client::{ClientError, Endpoint, GuestClient, RootfsMount, StdioRequest};
 use crate::network::{self, NetworkMode, PortMapping};
 use backend::{Backend, LaunchSpec};
 use state::{BackendKind, Paths, Pids, Record, RunConfig, SandboxState, StateError, StateRoot};
@@ -264,6 +266,48 @@ fn rootfs_disk_id(container_id: &str) -> String {
     format!("ctr-{short}")
 }
 
+/// Reserves `name` (a random one when None) and writes its `Creating` record.
+fn new_record(
+    root: &StateRoot,
+    backend: &dyn Backend,
+    name: Option<String>,
+    image: &str,
+    config: RunConfig,
+    rootfs: Option<PathBuf>,
+) -> Result<Record, SandboxError> {
+    let name = name.unwrap_or_else(|| format!("box-{}", random_hex(4)));
+    let dir = root.reserve(&name)?;
+    let paths = Paths {
+        dir: dir.clone(),
+        console: backend.console_path(&dir),
+        vmm_log: dir.join("vmm.log"),
+        container_log: dir.join("container.log"),
+        endpoint: backend.endpoint_path(&dir),
+        disk: None,
+        rootfs,
+    };
+    let record = Record {
+        name,
+        id: random_hex(8),
+        image: image.to_string(),
+        backend: backend.kind(),
+        state: SandboxState::Creating,
+        pids: Pids::default(),
+        created_at: state::now(),
+        started_at: None,
+        finished_at: None,
+        exit_code: None,
+        oom_killed: false,
+        error: None,
+        console_tail: Vec::new(),
+        paths,
+        config,
+        network: None,
+    };
+    root.write(&record)?;
+    Ok(record)
+}
+
 /// A created (or re-attached) sandbox and a client connected to its guest.
 pub struct Sandbox {
     pub record: Record,
@@ -294,8 +338,36 @@ pub fn mark_failed(root: &StateRoot, name: &str, reason: &str) -> Vec<String> {
     }
 }
 
+/// What the VM itself needs, whoever asks for it (the CLI's one container, a pod's sandbox).
+#[derive(Debug, Clone, Default)]
+pub struct VmSpec {
+    pub network: NetworkMode,
+    pub publish: Vec<PortMapping>,
+    pub no_jail: bool,
+    pub boot_backstop: Option<Duration>,
+    /// Empty virtio-blk slots for containers' disks attached after boot.
+    pub disk_slots: u32,
+}
+
+/// A container to create in a booted sandbox.
+pub struct ContainerSetup<'a> {
+    pub id: &'a str,
+    /// The OCI runtime spec guest-init writes into the bundle.
+    pub spec: &'a Value,
+    /// The block image holding the container's root: (file, slot, read-only).
+    pub disk: Option<(&'a Path, usize, bool)>,
+    /// Mounts guest-init applies under the bundle (the disk by its serial, [`disk_source`]).
+    pub mounts: Vec<RootfsMount>,
+    pub io: &'a StdioRequest,
+}
+
+/// How guest-init finds a container's disk: by its serial, under udev's name for it.
+pub fn disk_source(container_id: &str) -> String {
+    format!("{}{}", backend::BY_ID, rootfs_disk_id(container_id))
+}
+
 impl Sandbox {
-    /// Boots a sandbox and creates its container (not started yet).
+    /// Boots a sandbox and creates its container (not started yet): `box run`.
     pub async fn create(
         root: &StateRoot,
         backend: &dyn Backend,
@@ -331,52 +403,118 @@ impl Sandbox {
             .unwrap_or_else(|| if ids.uid == 0 { "/root" } else { "/" }.to_string());
         let base = [DEFAULT_PATH.to_string(), format!("HOME={home}")];
         let env = merge_env(&[&base, &image.config.env, &terminal_env, &opts.env]);
-        let name = opts
-            .name
-            .clone()
-            .unwrap_or_else(|| format!("box-{}", random_hex(4)));
-        let dir = root.reserve(&name)?;
-        let paths = Paths {
-            dir: dir.clone(),
-            console: backend.console_path(&dir),
-            vmm_log: dir.join("vmm.log"),
-            container_log: dir.join("container.log"),
-            endpoint: backend.endpoint_path(&dir),
-            disk: None,
-            rootfs: Some(image.rootfs.clone()),
+        let config = RunConfig {
+            cpus: opts.cpus,
+            memory_mib: opts.memory_mib,
+            command: args,
+            env,
+            cwd: image.config.working_dir.clone(),
+            auto_remove: opts.auto_remove,
+            log_max_bytes: opts.log_max_bytes,
+            user: ids,
+            pids_limit: opts.pids_limit,
         };
-        let record = Record {
-            name: name.clone(),
-            id: random_hex(8),
-            image: opts.image.clone(),
-            backend: backend.kind(),
-            state: SandboxState::Creating,
-            pids: Pids::default(),
-            created_at: state::now(),
-            started_at: None,
-            finished_at: None,
-            exit_code: None,
-            oom_killed: false,
-            error: None,
-            console_tail: Vec::new(),
-            paths,
-            config: RunConfig {
-                cpus: opts.cpus,
-                memory_mib: opts.memory_mib,
-                command: args,
-                env,
-                cwd: image.config.working_dir.clone(),
-                auto_remove: opts.auto_remove,
-                log_max_bytes: opts.log_max_bytes,
-                user: ids,
-                pids_limit: opts.pids_limit,
-            },
-            network: None,
+        let vm = VmSpec {
+            network: opts
+                .network
+                .clone()
+                .unwrap_or_else(|| backend.default_network()),
+            publish: opts.publish.clone(),
+            no_jail: opts.no_jail,
+            boot_backstop: opts.boot_backstop,
+            disk_slots: 1,
         };
-        root.write(&record)?;
-        // From here on every failure is recorded, and the record stays until `box rm`.
+        let record = new_record(
+            root,
+            backend,
+            opts.name.clone(),
+            &opts.image,
+            config,
+            Some(image.rootfs.clone()),
+        )?;
+        let name = record.name.clone();
         let mut process = None;
-        match Self::boot(root, backend, opts, &image, record, &mut process, began).await {
+        let r = Self::create_steps(
+            root,
+            backend,
+            opts,
+            &image,
+            &vm,
+            record,
+            &mut process,
+            began,
+        )
+        .await;
+        Self::settle(root, &name, r, process).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create_steps(
+        root: &StateRoot,
+        backend: &dyn Backend,
+        opts: &CreateOptions,
+        image: &image::ResolvedImage,
+        vm: &VmSpec,
+        mut record: Record,
+        process: &mut Option<Spawned>,
+        began: std::time::Instant,
+    ) -> Result<Sandbox, String> {
+        let disk_id = rootfs_disk_id(&record.id);
+        let (disk, mounts) = backend
+            .prepare_rootfs(image, root, &record.paths.dir, &disk_id)
+            .map_err(|e| e.to_string())?;
+        record.paths.disk = disk;
+        root.write(&record).map_err(|e| e.to_string())?;
+        let sb = Self::boot(root, backend, vm, record, process, began).await?;
+        let c = &sb.record.config;
+        let spec = container_spec(
+            &sb.record.name,
+            process_spec(&c.command, &c.env, &c.cwd, opts.io.terminal, &c.user),
+            resources(c.memory_mib, c.pids_limit),
+        );
+        let disk = sb.record.paths.disk.clone();
+        sb.add_container(
+            backend,
+            &ContainerSetup {
+                id: &sb.record.id,
+                spec: &spec,
+                disk: disk.as_deref().map(|d| (d, 0, true)),
+                mounts,
+                io: &opts.io,
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(sb)
+    }
+
+    /// Boots a sandbox with no container in it yet (a pod's VM): containers come later,
+    /// through [`Sandbox::add_container`].
+    pub async fn create_vm(
+        root: &StateRoot,
+        backend: &dyn Backend,
+        name: &str,
+        config: RunConfig,
+        vm: &VmSpec,
+    ) -> Result<Sandbox, SandboxError> {
+        let began = std::time::Instant::now();
+        backend.preflight()?;
+        let record = new_record(root, backend, Some(name.to_string()), "", config, None)?;
+        let mut process = None;
+        let r = Self::boot(root, backend, vm, record, &mut process, began).await;
+        Self::settle(root, name, r, process).await
+    }
+
+    /// The end of a creation whose record was written: any failure marks it `Failed` with
+    /// the reason and the console tail, and the record stays until `box rm`.
+    async fn settle(
+        root: &StateRoot,
+        name: &str,
+        r: Result<Sandbox, String>,
+        process: Option<Spawned>,
+    ) -> Result<Sandbox, SandboxError> {
+        let name = name.to_string();
+        match r {
             Ok(sb) => Ok(sb),
             Err(reason) => {
                 let console_tail = mark_failed(root, &name, &reason);
@@ -407,26 +545,18 @@ impl Sandbox {
         }
     }
 
+    /// The VM's part of a creation: network, the backend's process, readiness, the guest's
+    /// network. Shared by every front door; the record is `Creating` throughout.
     async fn boot(
         root: &StateRoot,
         backend: &dyn Backend,
-        opts: &CreateOptions,
-        image: &image::ResolvedImage,
+        vm: &VmSpec,
         mut record: Record,
         process: &mut Option<Spawned>,
         began: std::time::Instant,
     ) -> Result<Sandbox, String> {
         let phase = |what: &str| tracing::info!("{}: {what} at {:?}", record.name, began.elapsed());
-        let disk_id = rootfs_disk_id(&record.id);
-        let (disk, mounts) = backend
-            .prepare_rootfs(image, root, &record.paths.dir, &disk_id)
-            .map_err(|e| e.to_string())?;
-        record.paths.disk = disk;
-        root.write(&record).map_err(|e| e.to_string())?;
-        let mode = opts
-            .network
-            .clone()
-            .unwrap_or_else(|| backend.default_network());
+        let mode = vm.network.clone();
         if backend.kind() == BackendKind::HostProcess && mode != NetworkMode::None {
             return Err(format!(
                 "--network {mode}: the host-process backend shares the host's network; use --network none"
@@ -442,7 +572,7 @@ impl Sandbox {
             root.load(n)
                 .is_ok_and(|r| effective_state(&r) == SandboxState::Running)
         };
-        let net = network::attach(root, &record.name, &record.id, &mode, &opts.publish, &live)
+        let net = network::attach(root, &record.name, &record.id, &mode, &vm.publish, &live)
             .await
             .map_err(|e| format!("setting up the network: {e}"))?;
         record.network = Some(net.attachment.clone());
@@ -454,8 +584,9 @@ impl Sandbox {
                 paths: &record.paths,
                 cpus: record.config.cpus,
                 memory_mib: record.config.memory_mib,
-                jail: !opts.no_jail,
+                jail: !vm.no_jail,
                 net: net.tap.as_ref().zip(mac.as_deref()),
+                disk_slots: vm.disk_slots,
             })
             .map_err(|e| e.to_string())?;
         // box-vmm holds the TAP now: once it exits, the TAP goes.
@@ -465,7 +596,7 @@ impl Sandbox {
         record.pids.vmm = Some(spawned.proc_ref);
         root.write(&record).map_err(|e| e.to_string())?;
         let endpoint = backend::endpoint(record.backend, &record.paths);
-        let backstop = opts.boot_backstop.unwrap_or(DEFAULT_BACKSTOP);
+        let backstop = vm.boot_backstop.unwrap_or(DEFAULT_BACKSTOP);
         let client = readiness::wait_ready(&endpoint, &spawned, backstop)
             .await
             .map_err(|e| match e {
@@ -484,27 +615,6 @@ impl Sandbox {
                 .map_err(|e| format!("configuring the guest's network: {e}"))?;
             phase("network configured");
         }
-        backend
-            .attach_rootfs(&record.paths, &disk_id)
-            .map_err(|e| format!("attaching the container's disk: {e}"))?;
-        phase("rootfs attached");
-        let spec = container_spec(
-            &record.name,
-            process_spec(
-                &record.config.command,
-                &record.config.env,
-                &record.config.cwd,
-                opts.io.terminal,
-                &record.config.user,
-            ),
-            resources(record.config.memory_mib, record.config.pids_limit),
-        );
-        let bundle = backend.bundle_dir(&record.paths, &record.id);
-        client
-            .create_described(&record.id, &bundle, &opts.io, Some(&spec), mounts)
-            .await
-            .map_err(|e| format!("creating the container: {e}"))?;
-        phase("container created");
         Ok(Sandbox {
             record,
             client,
@@ -512,6 +622,44 @@ impl Sandbox {
             process: process.clone(),
             began,
         })
+    }
+
+    /// Creates a container in the booted sandbox: its disk into the slot, then guest-init's
+    /// Create. Returns the container's pid in the guest. A failure here is the container's:
+    /// the caller decides whether it fails the sandbox (`box run`) or not (a pod).
+    pub async fn add_container(
+        &self,
+        backend: &dyn Backend,
+        c: &ContainerSetup<'_>,
+    ) -> Result<u32, SandboxError> {
+        let phase = |what: &str| {
+            tracing::info!("{}: {what} at {:?}", self.record.name, self.began.elapsed())
+        };
+        if let Some((file, slot, read_only)) = c.disk {
+            backend
+                .attach_disk(
+                    &self.record.paths,
+                    slot,
+                    file,
+                    &rootfs_disk_id(c.id),
+                    read_only,
+                )
+                .map_err(|e| SandboxError::Io(format!("attaching the container's disk: {e}")))?;
+            phase("rootfs attached");
+        }
+        let bundle = backend.bundle_dir(&self.record.paths, c.id);
+        let pid = self
+            .client
+            .create_described(c.id, &bundle, c.io, Some(c.spec), c.mounts.clone())
+            .await
+            .map_err(|e| SandboxError::Io(format!("creating the container: {e}")))?;
+        phase("container created");
+        Ok(pid)
+    }
+
+    /// Empties a disk slot (the container using it was deleted).
+    pub fn detach_disk(&self, backend: &dyn Backend, slot: usize) -> Result<(), SandboxError> {
+        backend.detach_disk(&self.record.paths, slot)
     }
 
     pub fn name(&self) -> &str {
@@ -526,15 +674,21 @@ impl Sandbox {
         &self.root
     }
 
+    /// Records the sandbox `Running` (its container started, or a pod's VM booted).
+    pub fn set_running(&mut self) -> Result<(), SandboxError> {
+        let (r, ()) = self.root.update(&self.record.name, |r| {
+            r.state = SandboxState::Running;
+            r.started_at = Some(state::now());
+        })?;
+        self.record = r;
+        Ok(())
+    }
+
     /// Starts the main process: the sandbox is `Running`.
     pub async fn start(&mut self) -> Result<u32, SandboxError> {
         match self.client.start(&self.record.id, "").await {
             Ok(pid) => {
-                let (r, ()) = self.root.update(&self.record.name, |r| {
-                    r.state = SandboxState::Running;
-                    r.started_at = Some(state::now());
-                })?;
-                self.record = r;
+                self.set_running()?;
                 tracing::info!(
                     "{}: container started at {:?}",
                     self.record.name,
