@@ -351,9 +351,9 @@ impl Inner {
                 self.create_container(&vm, req, &oci, stdio, false).await
             }
             Role::Standalone => {
-                let disk = spec::root_disk(&req.id, &req.rootfs)
+                // Refused before a VM is booted for it.
+                spec::root_disk(&req.id, &req.rootfs)
                     .map_err(|e| err(ttrpc::Code::INVALID_ARGUMENT, e.to_string()))?;
-                drop(disk);
                 let vm = self.boot(&req.id, &oci, 1).await?;
                 self.clone().follow_vmm(vm.clone(), None);
                 self.create_container(&vm, req, &oci, stdio, true).await
@@ -448,8 +448,12 @@ impl Inner {
             if let Err(e) = sandbox::stop(&self.root, &name, STOP_GRACE).await {
                 tracing::warn!("{name}: stop: {e}");
             }
-            if let Err(e) = sandbox::remove(&self.root, &name, true) {
-                tracing::warn!("{name}: remove: {e}");
+            // Removing kills and waits for what is left: off the runtime.
+            let root = self.root.clone();
+            let removed =
+                tokio::task::spawn_blocking(move || sandbox::remove(&root, &name, true)).await;
+            if let Ok(Err(e)) = removed {
+                tracing::warn!("{}: remove: {e}", vm.sandbox.name());
             }
         }
     }
