@@ -15,6 +15,8 @@ use crate::util::{cargo, run};
 const PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "/bin/busybox"),
     ("util-linux", "/usr/bin/unshare"),
+    // The CRI client's build (tests/cri) compiles the CRI protos.
+    ("protobuf-compiler", "/usr/bin/protoc"),
 ];
 
 pub fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
@@ -44,6 +46,8 @@ pub struct StaticBins {
     pub box_cli: PathBuf,
     /// box-vmm, for the node.
     pub vmm: PathBuf,
+    /// containerd's shim for the `box` runtime, for the node's containerd (k8s tier).
+    pub shim: PathBuf,
     /// The VMM tier's guest helper and boot timer.
     pub probe: PathBuf,
 }
@@ -52,6 +56,7 @@ pub struct StaticBins {
 const STATIC_BINS: &[(&str, &str)] = &[
     ("box-guest-init", "box-init"),
     ("box-shim", "box"),
+    ("box-shim", "containerd-shim-box-v2"),
     ("box-vmm", "box-vmm"),
     ("box-tests", "box-vmm-probe"),
 ];
@@ -59,7 +64,7 @@ const STATIC_BINS: &[(&str, &str)] = &[
 /// Builds every binary that leaves this machine (into a guest or into the nested node) as a
 /// static glibc release binary (no musl target here) and checks each is static.
 ///
-/// One cargo invocation with one set of flags for all four, so that they share one build of
+/// One cargo invocation with one set of flags for all of them, so that they share one build of
 /// their dependencies (features unify the same way every time). Release, because the node
 /// runs them under TCG: a debug `box` (114 MB) doubled every CLI start and every exit's cost.
 /// `--target` keeps `+crt-static` away from build scripts and proc macros.
@@ -86,6 +91,7 @@ pub fn build_static() -> Result<StaticBins> {
         init: dir.join("box-init"),
         box_cli: dir.join("box"),
         vmm: dir.join("box-vmm"),
+        shim: dir.join("containerd-shim-box-v2"),
         probe: dir.join("box-vmm-probe"),
     })
 }
@@ -145,6 +151,14 @@ pub fn run_ci() -> Result<()> {
     crate::vmm_tier::run()?;
     // The product end to end: `box` scenarios in real microVMs (nested node).
     crate::e2e::run().context("end-to-end tier (cargo xtask e2e)")?;
+    // Box under a real containerd 2.x (nested node).
+    let k8s = Instant::now();
+    crate::k8s::run(crate::k8s::K8sArgs {
+        refresh_containerd: false,
+        no_cri: false,
+    })
+    .context("containerd tier (cargo xtask k8s)")?;
+    println!("xtask ci: k8s tier {:.1}s", k8s.elapsed().as_secs_f64());
     println!(
         "xtask ci: all passed (tests {:.1}s, total {:.1}s)",
         tiers.elapsed().as_secs_f64(),

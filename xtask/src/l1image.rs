@@ -23,7 +23,8 @@ pub const BIN_DIR: &str = "/usr/local/bin";
 /// L2 guest a vsock device that L1 processes reach over AF_VSOCK; tun gives it /dev/net/tun for
 /// the TAPs behind virtio-net. Then the networks: the bridge, nftables' NAT (L1 has no
 /// modprobe for the kernel to load them on demand), and veth with tc's ingress, u32 and
-/// mirred for the pod network.
+/// mirred for the pod network; loop for containerd's blockfile snapshots (loop-mounted ext4
+/// files).
 pub const L1_MODULE_NAMES: &[&str] = &[
     "kvm_amd",
     "vhost_vsock",
@@ -39,6 +40,7 @@ pub const L1_MODULE_NAMES: &[&str] = &[
     "sch_ingress",
     "cls_u32",
     "act_mirred",
+    "loop",
 ];
 
 /// L1's modules in load order: (canonical name, path relative to `lib/modules/<release>`).
@@ -126,6 +128,15 @@ fn base_tree(k: &Kernel) -> Result<Tree> {
     t.file("bin/busybox", Path::new(BUSYBOX))?;
     t.bytes("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n", 0o644);
     t.bytes("etc/group", "root:x:0:\nkvm:x:36:\n", 0o644);
+    // containerd's CRI copies both into each pod's sandbox files and fails RunPodSandbox
+    // without them ("failed to generate sandbox hosts file", "failed to copy host's
+    // resolv.conf"). The node has no resolver: box's NAT network then gives guests its fallback.
+    t.bytes(
+        "etc/hosts",
+        "127.0.0.1\tlocalhost\n127.0.1.1\tbox-node\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        0o644,
+    );
+    t.bytes("etc/resolv.conf", "# no resolver in the node\n", 0o644);
     for (name, rel) in l1_modules(k)? {
         t.file(
             &format!("{L1_MODULES_DIR}/{name}.ko"),

@@ -2,10 +2,12 @@
 
 mod bench;
 mod ci;
+mod containerd;
 mod demo;
 mod e2e;
 mod host;
 mod images;
+mod k8s;
 mod kernel;
 mod l1image;
 mod l1init;
@@ -36,6 +38,12 @@ enum Cmd {
     Demo,
     /// The end-to-end scenarios of `box` in real microVMs (nested node).
     E2e,
+    /// Box under a real containerd 2.x (Debian sid's) in the nested node: `ctr run` with the
+    /// `box` runtime, then the CRI client's scenarios if tests/cri exists.
+    K8s {
+        #[command(flatten)]
+        args: k8s::K8sArgs,
+    },
     /// Run a shell command in an L1 node (Linux under qemu TCG with a real /dev/kvm), where
     /// microVMs boot. Exits with the command's exit code; 125 if the node itself failed.
     Node {
@@ -69,6 +77,7 @@ fn main() -> Result<()> {
             }
         },
         Cmd::E2e => e2e::run(),
+        Cmd::K8s { args } => k8s::run(args),
         Cmd::Node { args } => match node::cmd(args) {
             Ok(code) => std::process::exit(code),
             Err(e) => {

@@ -15,6 +15,8 @@ pub const L1_TEST_IMAGE: &str = "/box/images/busybox";
 pub struct Product {
     /// The `box` CLI (also in `bins`).
     pub box_cli: PathBuf,
+    /// `containerd-shim-box-v2`, for the k8s tier (not in `bins`).
+    pub shim: PathBuf,
     pub bins: Vec<PathBuf>,
     pub files: Vec<(PathBuf, String)>,
 }
@@ -43,6 +45,7 @@ pub fn prepare() -> Result<Product> {
         .context("mke2fs not found: install e2fsprogs")?;
     Ok(Product {
         box_cli: bins.box_cli.clone(),
+        shim: bins.shim.clone(),
         bins: vec![bins.box_cli, bins.vmm, mke2fs.to_path_buf()],
         files: vec![
             (initramfs, L1_INITRD.to_string()),
