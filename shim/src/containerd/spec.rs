@@ -97,6 +97,17 @@ pub fn for_guest(spec: &Value) -> Value {
                 .and_then(Value::as_str)
                 .is_some_and(|t| GUEST_MOUNT_TYPES.contains(&t))
         });
+        // CRI binds the pod's shared /dev/shm from the host: in the VM the pod's containers
+        // get a tmpfs of their own there instead (as docker's default gives).
+        let has_shm = mounts
+            .iter()
+            .any(|m| m.get("destination").and_then(Value::as_str) == Some("/dev/shm"));
+        if !has_shm {
+            mounts.push(serde_json::json!({
+                "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]
+            }));
+        }
     }
     if let Some(linux) = spec.get_mut("linux").and_then(Value::as_object_mut) {
         linux.remove("namespaces");
@@ -187,7 +198,8 @@ mod tests {
             .iter()
             .map(|m| m["destination"].as_str().unwrap())
             .collect();
-        assert_eq!(dests, ["/proc", "/dev"]);
+        assert_eq!(dests, ["/proc", "/dev", "/dev/shm"]);
+        assert_eq!(g["mounts"][2]["type"], "tmpfs");
         assert!(g["linux"].get("namespaces").is_none());
         assert!(g["linux"].get("cgroupsPath").is_none());
         assert_eq!(g["linux"]["resources"]["memory"]["limit"], 1);

@@ -232,6 +232,7 @@ fn container_mounts(rootfs: &Path, mounts: &[Mount]) -> Result<Vec<ChildMount>, 
             data: (!data.is_empty())
                 .then(|| cstr(&data, "mount options"))
                 .transpose()?,
+            is_file: is_file_bind,
         });
     }
     Ok(out)

@@ -45,6 +45,8 @@ pub struct ChildMount {
     pub fstype: Option<CString>,
     pub flags: libc::c_ulong,
     pub data: Option<CString>,
+    /// A bind of a file (its mount point is a file, not a directory).
+    pub is_file: bool,
 }
 
 /// A device node of init's `/dev` bind-mounted over a file created at `target` (the OCI
@@ -377,6 +379,26 @@ fn child_main(l: &Launch, status_w: RawFd, go_r: RawFd) -> ! {
                     fail(status_w, Stage::BindRoot);
                 }
                 for m in mounts {
+                    // Made again here: an earlier mount of the spec (containerd's tmpfs on
+                    // /dev) may hide the point made before the fork (/dev/pts), as runc
+                    // makes each point after the mounts before it.
+                    let made = if m.is_file {
+                        let fd = libc::open(
+                            ptr(&m.target),
+                            libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                            0o644,
+                        );
+                        if fd >= 0 {
+                            libc::close(fd);
+                        }
+                        fd >= 0
+                    } else {
+                        libc::mkdir(ptr(&m.target), 0o755) == 0
+                            || nix::Error::last_raw() == libc::EEXIST
+                    };
+                    if !made {
+                        fail(status_w, Stage::Mount);
+                    }
                     if libc::mount(
                         opt_ptr(&m.source),
                         ptr(&m.target),
