@@ -62,13 +62,24 @@ pub struct Io {
     /// Turns true when every output stream reached EOF.
     pub drained: watch::Receiver<bool>,
     stdin: Option<JoinHandle<()>>,
+    /// containerd's stdin FIFO, while our open of it may still be waiting for its writer.
+    stdin_path: Option<PathBuf>,
 }
 
 impl Io {
-    /// Stops feeding stdin (containerd's CloseIO).
+    /// Stops feeding stdin (containerd's CloseIO, or the process exited).
     pub fn close_stdin(&mut self) {
         if let Some(t) = self.stdin.take() {
             t.abort();
+        }
+        // An open of the FIFO still waiting for a writer that will never come would keep a
+        // blocking thread forever: be that writer for a moment (non-blocking: it succeeds
+        // only while a reader waits, which is exactly the case to end).
+        if let Some(p) = self.stdin_path.take() {
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+                .open(p);
         }
     }
 
@@ -157,48 +168,75 @@ pub async fn connect(
     let label = |s: &str| format!("{id}/{exec_id} {s}");
     let (tx, drained) = watch::channel(false);
     let mut outputs: Vec<JoinHandle<()>> = Vec::new();
-    let mut stdin = None;
-    if paths.terminal {
-        let pty = open(StreamKind::Pty).await?;
-        let (r, w) = pty.into_split();
-        let sink = open_sink(stdout_ep).await?;
-        outputs.push(tokio::spawn(copy_out(r, sink, label("pty"))));
-        if let Some(src) = open_source(stdin_ep).await? {
-            stdin = Some(tokio::spawn(feed(src, w)));
-        }
-        // A terminal has no separate stderr; an endpoint given anyway is held open so
-        // containerd's reader sees a writer come and go.
-        let _ = open_sink(stderr_ep).await?;
+    // containerd's ends are opened by the copies, not here: a client may never open its
+    // side (ctr closes its stdin FIFO unopened when its stdin is at EOF), and Create must
+    // not wait for that.
+    let (stdin_guest, output_guests) = if paths.terminal {
+        let (r, w) = open(StreamKind::Pty).await?.into_split();
+        let w: Box<dyn AsyncWrite + Send + Unpin> = Box::new(w);
+        let r: Box<dyn AsyncRead + Send + Unpin> = Box::new(r);
+        (Some(w), vec![(r, stdout_ep, "pty")])
     } else {
-        if stdin_ep != Endpoint::None {
-            let guest = open(StreamKind::Stdin).await?;
-            if let Some(src) = open_source(stdin_ep).await? {
-                stdin = Some(tokio::spawn(feed(src, guest)));
+        let stdin = match stdin_ep {
+            Endpoint::None => None,
+            _ => {
+                Some(Box::new(open(StreamKind::Stdin).await?) as Box<dyn AsyncWrite + Send + Unpin>)
             }
-        }
+        };
+        let mut outs = Vec::new();
         for (ep, kind, name) in [
             (stdout_ep, StreamKind::Stdout, "stdout"),
             (stderr_ep, StreamKind::Stderr, "stderr"),
         ] {
-            if ep == Endpoint::None {
-                continue;
+            if ep != Endpoint::None {
+                let s: Box<dyn AsyncRead + Send + Unpin> = Box::new(open(kind).await?);
+                outs.push((s, ep, name));
             }
-            let guest = open(kind).await?;
-            let sink = open_sink(ep).await?;
-            outputs.push(tokio::spawn(copy_out(guest, sink, label(name))));
         }
+        (stdin, outs)
+    };
+    for (guest, ep, name) in output_guests {
+        let label = label(name);
+        outputs.push(tokio::spawn(async move {
+            let sink = open_sink(ep).await.unwrap_or_else(|e| {
+                tracing::warn!("{label}: {e}");
+                None
+            });
+            copy_out(guest, sink, label).await
+        }));
     }
+    let mut stdin_path = None;
+    let stdin = match (stdin_guest, stdin_ep) {
+        (Some(guest), ep @ (Endpoint::Fifo(_) | Endpoint::File(_))) => {
+            if let Endpoint::Fifo(p) = &ep {
+                stdin_path = Some(p.clone());
+            }
+            let label = label("stdin");
+            Some(tokio::spawn(async move {
+                match open_source(ep).await {
+                    Ok(Some(src)) => feed(src, guest).await,
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("{label}: {e}"),
+                }
+            }))
+        }
+        _ => None,
+    };
     tokio::spawn(async move {
         for t in outputs {
             let _ = t.await;
         }
         let _ = tx.send(true);
     });
-    Ok(Io { drained, stdin })
+    Ok(Io {
+        drained,
+        stdin,
+        stdin_path,
+    })
 }
 
 /// containerd's stdin into the guest; the guest sees EOF when containerd's writer closes.
-async fn feed<W: AsyncWrite + Unpin>(mut from: tokio::fs::File, mut to: W) {
+async fn feed(mut from: tokio::fs::File, mut to: Box<dyn AsyncWrite + Send + Unpin>) {
     let _ = tokio::io::copy(&mut from, &mut to).await;
     let _ = to.shutdown().await;
 }

@@ -231,6 +231,9 @@ impl Inner {
         if !p.set_exit(e) {
             return;
         }
+        if let Some(io) = p.io.lock().unwrap().as_mut() {
+            io.close_stdin();
+        }
         let ev = TaskExit {
             container_id: container_id.to_string(),
             id: if p.exec_id.is_empty() {
@@ -416,6 +419,7 @@ impl Inner {
                 execs: Default::default(),
             }),
         );
+        tracing::info!("{}: connecting its stdio", req.id);
         match io::connect(&vm.sandbox.client, &req.id, "", &stdio).await {
             Ok(io) => *main.io.lock().unwrap() = Some(io),
             Err(e) => {
@@ -467,7 +471,19 @@ impl TaskApi for Service {
         req: CreateTaskRequest,
     ) -> ttrpc::Result<CreateTaskResponse> {
         let i = &self.inner;
-        let pid = i.create(&req).await?;
+        tracing::info!(
+            "create {} (stdin {:?} stdout {:?} stderr {:?} terminal {})",
+            req.id,
+            req.stdin,
+            req.stdout,
+            req.stderr,
+            req.terminal
+        );
+        let pid = i
+            .create(&req)
+            .await
+            .inspect_err(|e| tracing::warn!("create {}: {e}", req.id))?;
+        tracing::info!("created {} pid {pid}", req.id);
         i.publish(
             topics::TASK_CREATE_EVENT_TOPIC,
             Box::new(TaskCreate {
@@ -496,6 +512,7 @@ impl TaskApi for Service {
 
     async fn start(&self, _: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
         let i = &self.inner;
+        tracing::info!("start {}/{}", req.id, req.exec_id);
         let (t, p) = i
             .pod
             .proc(&req.id, &req.exec_id)
@@ -504,12 +521,16 @@ impl TaskApi for Service {
             Kind::Vm if req.exec_id.is_empty() => p.pid(),
             _ => {
                 let vm = i.vm().await?;
-                let pid = vm
-                    .sandbox
-                    .client
-                    .start(&req.id, &req.exec_id)
-                    .await
-                    .map_err(guest)?;
+                let started = vm.sandbox.client.start(&req.id, &req.exec_id).await;
+                let pid = match started {
+                    Ok(pid) => pid,
+                    Err(e) => {
+                        // Nothing was started, so no TaskStart: the exit guest-init reports
+                        // for it goes out without waiting for one.
+                        p.started.send_replace(true);
+                        return Err(guest(e));
+                    }
+                };
                 *p.pid.lock().unwrap() = pid;
                 pid
             }
@@ -615,6 +636,13 @@ impl TaskApi for Service {
 
     async fn kill(&self, _: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
         let i = &self.inner;
+        tracing::info!(
+            "kill {}/{} signal {} all {}",
+            req.id,
+            req.exec_id,
+            req.signal,
+            req.all
+        );
         let (t, p) = i
             .pod
             .proc(&req.id, &req.exec_id)
@@ -699,6 +727,7 @@ impl TaskApi for Service {
 
     async fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
         let i = &self.inner;
+        tracing::info!("delete {}/{}", req.id, req.exec_id);
         let (t, p) = i
             .pod
             .proc(&req.id, &req.exec_id)
@@ -825,6 +854,10 @@ impl TaskApi for Service {
 
     async fn shutdown(&self, _: &TtrpcContext, _: ShutdownRequest) -> ttrpc::Result<Empty> {
         let i = &self.inner;
+        tracing::info!(
+            "shutdown ({} tasks left)",
+            i.pod.tasks.lock().unwrap().len()
+        );
         if !i.pod.tasks.lock().unwrap().is_empty() {
             return Ok(Empty::new());
         }
