@@ -112,6 +112,42 @@ if [ -z "$left" ] && [ -z "$ctrs" ]; then ok "2 afterwards no box-vmm, no contai
 # Whatever happened, id1 goes now.
 timeout 30 ctr task kill -s KILL id1 >/dev/null 2>&1; timeout 30 ctr task rm -f id1 >/dev/null 2>&1; timeout 30 ctr containers rm id1 >/dev/null 2>&1
 
+# containerd restarted under a running task: it reconnects to the shim, which still serves
+# the VM (state and exec through the new containerd).
+start_containerd() {
+  BOX_SHIM_LOG=${BOX_SHIM_LOG:-info} containerd --config @CONFIG@ >>"$LOG" 2>&1 &
+  cpid=$!
+  n=0
+  until timeout 10 ctr version >/dev/null 2>&1; do
+    n=$((n+1)); [ $n -ge 100 ] && return 1
+    kill -0 $cpid 2>/dev/null || return 1
+    sleep 0.2
+  done
+}
+task_status() { timeout 30 ctr task ls 2>/dev/null | awk -v id="$1" '$1 == id { print $3 }'; }
+t1=$(now)
+timeout 180 ctr run -d --runtime io.containerd.box.v2 --snapshotter blockfile "$IMG" id2 sleep 100000 >/tmp/k3 2>&1; rc=$?
+st1=$(task_status id2)
+kill -9 $cpid; wait $cpid 2>/dev/null
+if start_containerd; then
+  st2=$(task_status id2)
+  again=$(timeout 60 ctr task exec --exec-id e1 id2 echo again 2>>/tmp/k3)
+  if [ $rc = 0 ] && [ "$st1" = RUNNING ] && [ "$st2" = RUNNING ] && [ "$again" = again ]; then ok "3 containerd killed and restarted under a running task: it reconnects to the shim (RUNNING, exec answers) ($(since $t1) s)"; else bad "3 containerd restart" "run=$rc before=[$st1] after=[$st2] exec=[$again] $(tail -3 /tmp/k3 | tr '\n' ' ')"; logtail; fi
+else
+  bad "3 containerd restart" "containerd did not come back"; logtail; finish
+fi
+
+# The shim killed with SIGKILL: containerd runs the shim binary's delete, which finds the
+# sandbox's record and removes the VM and its files.
+t1=$(now)
+# By its name first: this very script's command line names id2 too.
+shim=$(for d in /proc/[0-9]*; do [ "$(cat $d/comm 2>/dev/null)" = containerd-shim ] && tr '\0' ' ' <$d/cmdline 2>/dev/null | grep -q -- '-id id2 ' && echo "${d#/proc/}"; done | head -1)
+[ -n "$shim" ] && kill -9 "$shim"
+timeout 60 ctr task rm -f id2 >/tmp/k4 2>&1; timeout 30 ctr containers rm id2 >>/tmp/k4 2>&1
+n=0; left=$(leftovers)
+while { [ -n "$left" ] || [ -e "$BOX_STATE_DIR/sandboxes/id2" ]; } && [ $n -lt 150 ]; do n=$((n+1)); sleep 0.2; left=$(leftovers); done
+if [ -n "$shim" ] && [ -z "$left" ] && [ ! -e "$BOX_STATE_DIR/sandboxes/id2" ] && [ -z "$(timeout 30 ctr containers ls -q)" ]; then ok "4 shim killed (SIGKILL): containerd's cleanup through the shim's delete leaves no box-vmm and no sandbox record ($(since $t1) s)"; else bad "4 dead shim" "shim=[$shim] left=[$left] record=$(ls $BOX_STATE_DIR/sandboxes 2>&1 | tr '\n' ' ') $(tail -3 /tmp/k4 | tr '\n' ' ')"; logtail; fi
+
 # The CRI scenarios: the client's own ok/FAIL lines count here too.
 if command -v @CRI_BIN@ >/dev/null 2>&1; then
   t1=$(now)
@@ -124,6 +160,8 @@ if command -v @CRI_BIN@ >/dev/null 2>&1; then
     [ "$cf" = 0 ] && bad "cri" "@CRI_BIN@ exited $crirc without a FAIL line"
     logtail
   fi
+  # Where a pod's start went (the shim's phase lines for the first pod's VM).
+  grep -E 'box_shim::sandbox: [0-9a-f]{64}: (process launched|guest ready|network configured) at' "$LOG" | head -3 | sed 's/.*box_shim::sandbox: \([0-9a-f]\{12\}\)[0-9a-f]*: /k8s: pod VM \1: /'
 else
   echo "k8s: no @CRI_BIN@ in this node (no tests/cri, or --no-cri): no CRI scenarios"
 fi

@@ -525,9 +525,13 @@ impl TaskApi for Service {
                 let pid = match started {
                     Ok(pid) => pid,
                     Err(e) => {
-                        // Nothing was started, so no TaskStart: the exit guest-init reports
-                        // for it goes out without waiting for one.
+                        // Nothing runs, and guest-init reports no exit for a process it
+                        // never started: its exit is recorded here (docker's 127/126 for
+                        // an executable that cannot be run), so Wait and a Kill-then-Wait
+                        // cleanup end at once.
+                        let status = e.cannot_run().map_or(255, |c| c.exit_code() as u32);
                         p.started.send_replace(true);
+                        i.exit(&req.id, &p, Exit::now(status)).await;
                         return Err(guest(e));
                     }
                 };
