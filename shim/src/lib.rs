@@ -7,3 +7,4 @@ pub mod cli;
 pub mod containerd;
 pub mod network;
 pub mod sandbox;
+pub mod serve;

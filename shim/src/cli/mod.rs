@@ -114,6 +114,8 @@ pub enum Cmd {
     },
     /// Print a sandbox's record as JSON.
     Inspect { name: String },
+    /// Serve the pooled sandbox API (HTTP/JSON) until SIGTERM.
+    Serve(ServeArgs),
     #[command(name = "__log-pump", hide = true)]
     LogPump {
         name: String,
@@ -121,6 +123,30 @@ pub enum Cmd {
         #[arg(long, num_args = 2, value_names = ["PID", "START"])]
         client: Option<Vec<u64>>,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// The unix socket (default `$BOX_STATE_DIR/serve.sock`).
+    #[arg(long)]
+    pub socket: Option<std::path::PathBuf>,
+    /// Also listen on TCP (every request then needs the bearer token).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The bearer token's file, created 0600 if missing (default `$BOX_STATE_DIR/serve.token`).
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
+    /// A warm pool: IMAGE=N keeps N sandboxes of IMAGE booted ahead; repeatable.
+    #[arg(long = "pool")]
+    pub pools: Vec<crate::serve::pool::PoolConfig>,
+    /// Sandboxes handed out at once; beyond, creates answer 429.
+    #[arg(long, default_value_t = 64)]
+    pub max_sandboxes: usize,
+    #[arg(long, default_value_t = 1)]
+    pub cpus: u32,
+    /// Memory of each sandbox in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub memory: u32,
 }
 
 #[derive(Args, Debug)]
@@ -257,6 +283,24 @@ async fn dispatch(root: &StateRoot, cmd: Cmd) -> Result<i32, CliError> {
                 "{}",
                 serde_json::to_string_pretty(&r).expect("a record always serializes")
             );
+            Ok(0)
+        }
+        Cmd::Serve(a) => {
+            let backend = backend::from_env()?;
+            let config = crate::serve::ServeConfig {
+                socket: a.socket.unwrap_or_else(|| root.root().join("serve.sock")),
+                listen: a.listen,
+                token_file: a
+                    .token_file
+                    .unwrap_or_else(|| root.root().join("serve.token")),
+                pools: a.pools,
+                max_sandboxes: a.max_sandboxes,
+                cpus: a.cpus,
+                memory_mib: a.memory,
+            };
+            crate::serve::run(config, backend, root.clone())
+                .await
+                .map_err(|e| CliError::Io(e.to_string()))?;
             Ok(0)
         }
         Cmd::LogPump { name, client } => {

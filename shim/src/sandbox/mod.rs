@@ -266,6 +266,52 @@ fn rootfs_disk_id(container_id: &str) -> String {
     format!("ctr-{short}")
 }
 
+/// What a container of `image` runs, as `box run` (and the pool) ask for it: the image's
+/// Entrypoint and Cmd (the command replacing Cmd), its environment under the caller's, its
+/// user unless overridden, its working directory.
+pub fn run_config(
+    image: &image::ResolvedImage,
+    opts: &CreateOptions,
+) -> Result<RunConfig, SandboxError> {
+    let mut args = image.config.entrypoint.clone();
+    if opts.command.is_empty() {
+        args.extend(image.config.cmd.iter().cloned());
+    } else {
+        args.extend(opts.command.iter().cloned());
+    }
+    if args.is_empty() {
+        args.push("/bin/sh".into());
+    }
+    let terminal_env = if opts.io.terminal {
+        vec!["TERM=xterm".to_string()]
+    } else {
+        Vec::new()
+    };
+    let user_spec = opts
+        .user
+        .clone()
+        .unwrap_or_else(|| image.config.user.clone());
+    let ids = user::resolve(&image.rootfs, &user_spec)
+        .map_err(|e| SandboxError::InvalidOption(e.to_string()))?;
+    let home = ids
+        .home
+        .clone()
+        .unwrap_or_else(|| if ids.uid == 0 { "/root" } else { "/" }.to_string());
+    let base = [DEFAULT_PATH.to_string(), format!("HOME={home}")];
+    let env = merge_env(&[&base, &image.config.env, &terminal_env, &opts.env]);
+    Ok(RunConfig {
+        cpus: opts.cpus,
+        memory_mib: opts.memory_mib,
+        command: args,
+        env,
+        cwd: image.config.working_dir.clone(),
+        auto_remove: opts.auto_remove,
+        log_max_bytes: opts.log_max_bytes,
+        user: ids,
+        pids_limit: opts.pids_limit,
+    })
+}
+
 /// Reserves `name` (a random one when None) and writes its `Creating` record.
 fn new_record(
     root: &StateRoot,
@@ -377,43 +423,7 @@ impl Sandbox {
         opts.validate()?;
         backend.preflight()?;
         let image = image::resolve(&opts.image, &root.images_dir())?;
-        let mut args = image.config.entrypoint.clone();
-        if opts.command.is_empty() {
-            args.extend(image.config.cmd.iter().cloned());
-        } else {
-            args.extend(opts.command.iter().cloned());
-        }
-        if args.is_empty() {
-            args.push("/bin/sh".into());
-        }
-        let terminal_env = if opts.io.terminal {
-            vec!["TERM=xterm".to_string()]
-        } else {
-            Vec::new()
-        };
-        let user_spec = opts
-            .user
-            .clone()
-            .unwrap_or_else(|| image.config.user.clone());
-        let ids = user::resolve(&image.rootfs, &user_spec)
-            .map_err(|e| SandboxError::InvalidOption(e.to_string()))?;
-        let home = ids
-            .home
-            .clone()
-            .unwrap_or_else(|| if ids.uid == 0 { "/root" } else { "/" }.to_string());
-        let base = [DEFAULT_PATH.to_string(), format!("HOME={home}")];
-        let env = merge_env(&[&base, &image.config.env, &terminal_env, &opts.env]);
-        let config = RunConfig {
-            cpus: opts.cpus,
-            memory_mib: opts.memory_mib,
-            command: args,
-            env,
-            cwd: image.config.working_dir.clone(),
-            auto_remove: opts.auto_remove,
-            log_max_bytes: opts.log_max_bytes,
-            user: ids,
-            pids_limit: opts.pids_limit,
-        };
+        let config = run_config(&image, opts)?;
         let vm = VmSpec {
             network: opts
                 .network
@@ -459,33 +469,28 @@ impl Sandbox {
         process: &mut Option<Spawned>,
         began: std::time::Instant,
     ) -> Result<Sandbox, String> {
-        let disk_id = rootfs_disk_id(&record.id);
-        let (disk, mounts) = backend
-            .prepare_rootfs(image, root, &record.paths.dir, &disk_id)
-            .map_err(|e| e.to_string())?;
-        record.paths.disk = disk;
-        root.write(&record).map_err(|e| e.to_string())?;
+        let rootfs = Self::prepare_rootfs(root, backend, image, &mut record)?;
         let sb = Self::boot(root, backend, vm, record, process, began).await?;
-        let c = &sb.record.config;
-        let spec = container_spec(
-            &sb.record.name,
-            process_spec(&c.command, &c.env, &c.cwd, opts.io.terminal, &c.user),
-            resources(c.memory_mib, c.pids_limit),
-        );
-        let disk = sb.record.paths.disk.clone();
-        sb.add_container(
-            backend,
-            &ContainerSetup {
-                id: &sb.record.id,
-                spec: &spec,
-                disk: disk.as_deref().map(|d| (d, 0, true)),
-                mounts,
-                io: &opts.io,
-            },
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        sb.add_main_container(backend, &rootfs, &opts.io)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(sb)
+    }
+
+    /// The image's root for the record's container, before anything is launched (a bad
+    /// image fails here, with nothing to clean up); the disk is recorded.
+    pub fn prepare_rootfs(
+        root: &StateRoot,
+        backend: &dyn Backend,
+        image: &image::ResolvedImage,
+        record: &mut Record,
+    ) -> Result<(Option<PathBuf>, Vec<RootfsMount>), String> {
+        let rootfs = backend
+            .prepare_rootfs(image, root, &record.paths.dir, &rootfs_disk_id(&record.id))
+            .map_err(|e| e.to_string())?;
+        record.paths.disk = rootfs.0.clone();
+        root.write(record).map_err(|e| e.to_string())?;
+        Ok(rootfs)
     }
 
     /// Boots a sandbox with no container in it yet (a pod's VM): containers come later,
@@ -622,6 +627,35 @@ impl Sandbox {
             process: process.clone(),
             began,
         })
+    }
+
+    /// Creates the sandbox's own container as its record's config says, on the image's
+    /// root prepared by [`Backend::prepare_rootfs`] (`rootfs`: its disk, read-only in slot 0
+    /// under a writable overlay, and the mounts): the deferred main of a booted VM, `box
+    /// run`'s container or a pooled sandbox's.
+    pub async fn add_main_container(
+        &self,
+        backend: &dyn Backend,
+        rootfs: &(Option<PathBuf>, Vec<RootfsMount>),
+        io: &StdioRequest,
+    ) -> Result<u32, SandboxError> {
+        let c = &self.record.config;
+        let spec = container_spec(
+            &self.record.name,
+            process_spec(&c.command, &c.env, &c.cwd, io.terminal, &c.user),
+            resources(c.memory_mib, c.pids_limit),
+        );
+        self.add_container(
+            backend,
+            &ContainerSetup {
+                id: &self.record.id,
+                spec: &spec,
+                disk: rootfs.0.as_deref().map(|d| (d, 0, true)),
+                mounts: rootfs.1.clone(),
+                io,
+            },
+        )
+        .await
     }
 
     /// Creates a container in the booted sandbox: its disk into the slot, then guest-init's
