@@ -116,3 +116,26 @@ pub struct ErrorBody {
     ))
 )]
 pub struct ApiDoc;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The document users and schemathesis read is the one checked in (`shim/openapi.json`):
+    /// a change to the API shows in review. `BOX_UPDATE_OPENAPI=1` rewrites it.
+    #[test]
+    fn the_checked_in_openapi_document_is_current() {
+        let doc = ApiDoc::openapi().to_pretty_json().unwrap() + "\n";
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+        if std::env::var_os("BOX_UPDATE_OPENAPI").is_some() {
+            std::fs::write(path, &doc).unwrap();
+        }
+        let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            checked_in == doc,
+            "shim/openapi.json is stale: run BOX_UPDATE_OPENAPI=1 cargo test -p box-shim openapi"
+        );
+        let v: serde_json::Value = serde_json::from_str(&doc).unwrap();
+        assert!(v["paths"]["/v1/sandboxes"]["post"].is_object());
+    }
+}

@@ -56,7 +56,7 @@ fn live(state: &State, id: &str) -> Result<Arc<Live>, ApiError> {
         .ok_or_else(|| not_found(id))
 }
 
-#[utoipa::path(post, path = "/v1/sandboxes", request_body = api::CreateSandbox,
+#[utoipa::path(post, tag = "box", path = "/v1/sandboxes", request_body = api::CreateSandbox,
     responses((status = 201, body = SandboxInfo), (status = 400, body = ErrorBody),
               (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn create_sandbox(
@@ -78,7 +78,7 @@ pub async fn create_sandbox(
 }
 
 /// `?metadata.KEY=VALUE` filters (all must match).
-#[utoipa::path(get, path = "/v1/sandboxes", responses((status = 200, body = [SandboxInfo])))]
+#[utoipa::path(get, tag = "box", path = "/v1/sandboxes", responses((status = 200, body = [SandboxInfo])))]
 pub async fn list_sandboxes(
     AxState(state): S,
     Query(q): Query<HashMap<String, String>>,
@@ -103,7 +103,7 @@ pub async fn list_sandboxes(
     Json(out)
 }
 
-#[utoipa::path(get, path = "/v1/sandboxes/{id}", params(("id" = String, Path)),
+#[utoipa::path(get, tag = "box", path = "/v1/sandboxes/{id}", params(("id" = String, Path)),
     responses((status = 200, body = SandboxInfo), (status = 404, body = ErrorBody)))]
 pub async fn get_sandbox(
     AxState(state): S,
@@ -114,7 +114,7 @@ pub async fn get_sandbox(
     Ok(Json(info))
 }
 
-#[utoipa::path(delete, path = "/v1/sandboxes/{id}", params(("id" = String, Path)),
+#[utoipa::path(delete, tag = "box", path = "/v1/sandboxes/{id}", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete_sandbox(
     AxState(state): S,
@@ -127,7 +127,7 @@ pub async fn delete_sandbox(
     }
 }
 
-#[utoipa::path(post, path = "/v1/sandboxes/{id}/timeout", params(("id" = String, Path)),
+#[utoipa::path(post, tag = "box", path = "/v1/sandboxes/{id}/timeout", params(("id" = String, Path)),
     request_body = api::SetTimeout,
     responses((status = 200, body = SandboxInfo), (status = 404, body = ErrorBody)))]
 pub async fn set_timeout(
@@ -152,7 +152,7 @@ fn line(ev: &CommandEvent) -> Bytes {
 /// Runs a command in the sandbox. In the foreground the answer is an NDJSON stream (`start`,
 /// `stdout`/`stderr` chunks as they happen, then `exit`); with `background` it is the
 /// command's id at once.
-#[utoipa::path(post, path = "/v1/sandboxes/{id}/commands", params(("id" = String, Path)),
+#[utoipa::path(post, tag = "box", path = "/v1/sandboxes/{id}/commands", params(("id" = String, Path)),
     request_body = api::RunCommand,
     responses((status = 200, description = "NDJSON stream of CommandEvent", body = CommandEvent),
               (status = 201, body = CommandInfo), (status = 400, body = ErrorBody),
@@ -280,7 +280,7 @@ fn utf8_prefix(b: &[u8]) -> usize {
     }
 }
 
-#[utoipa::path(get, path = "/v1/sandboxes/{id}/commands", params(("id" = String, Path)),
+#[utoipa::path(get, tag = "box", path = "/v1/sandboxes/{id}/commands", params(("id" = String, Path)),
     responses((status = 200, body = [CommandInfo]), (status = 404, body = ErrorBody)))]
 pub async fn list_commands(
     AxState(state): S,
@@ -291,7 +291,7 @@ pub async fn list_commands(
     Ok(Json(cmds))
 }
 
-#[utoipa::path(post, path = "/v1/sandboxes/{id}/commands/{cmd}/kill",
+#[utoipa::path(post, tag = "box", path = "/v1/sandboxes/{id}/commands/{cmd}/kill",
     params(("id" = String, Path), ("cmd" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn kill_command(
@@ -313,7 +313,7 @@ pub async fn kill_command(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")))]
+#[utoipa::path(get, tag = "box", path = "/metrics", responses((status = 200, description = "Prometheus text format")))]
 pub async fn metrics(AxState(state): S) -> impl IntoResponse {
     let pools: Vec<_> = state
         .pools
