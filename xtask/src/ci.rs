@@ -17,6 +17,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "/usr/bin/unshare"),
     // The CRI client's build (tests/cri) compiles the CRI protos.
     ("protobuf-compiler", "/usr/bin/protoc"),
+    // The Python SDK's tests (tests/tests/sdk_python.rs) run sdk/python under python3.
+    ("python3", "/usr/bin/python3"),
 ];
 
 pub fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
