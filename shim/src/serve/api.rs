@@ -64,11 +64,11 @@ pub struct RunCommand {
     pub background: bool,
 }
 
-/// One line of a command's NDJSON stream: output as it happens, then its exit.
+/// One line of a command's NDJSON stream: output as it happens, then its exit (an `error`
+/// line before it if an output stream broke, or instead of it if the command never ran).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum CommandEvent {
-    Start { id: String, pid: u32 },
     Stdout { data: String },
     Stderr { data: String },
     Exit { code: i32 },

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -28,6 +29,17 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.0, Json(ErrorBody { error: self.1 })).into_response()
     }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> ApiError {
+        ApiError(e.status(), e.body_text())
+    }
+}
+
+/// Unknown routes answer with a JSON body too.
+pub async fn fallback() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such route".into())
 }
 
 fn not_found(id: &str) -> ApiError {
@@ -61,17 +73,16 @@ fn live(state: &State, id: &str) -> Result<Arc<Live>, ApiError> {
               (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn create_sandbox(
     AxState(state): S,
-    Json(req): Json<api::CreateSandbox>,
+    req: Result<Json<api::CreateSandbox>, JsonRejection>,
 ) -> Result<(StatusCode, Json<SandboxInfo>), ApiError> {
-    {
-        let n = state.live.lock().unwrap().len();
-        if n >= state.config.max_sandboxes {
-            return Err(ApiError(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("{n} sandboxes are running, the most this server runs at once"),
-            ));
-        }
-    }
+    let Json(req) = req?;
+    // A place is reserved before the boot, so concurrent creates never pass the limit.
+    let _place = state.reserve().map_err(|n| {
+        ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{n} sandboxes are running or starting, the most this server runs at once"),
+        )
+    })?;
     let live = state.acquire(&req).await?;
     let info = live.info.lock().unwrap().clone();
     Ok((StatusCode::CREATED, Json(info)))
@@ -133,8 +144,9 @@ pub async fn delete_sandbox(
 pub async fn set_timeout(
     AxState(state): S,
     Path(id): Path<String>,
-    Json(req): Json<api::SetTimeout>,
+    req: Result<Json<api::SetTimeout>, JsonRejection>,
 ) -> Result<Json<SandboxInfo>, ApiError> {
+    let Json(req) = req?;
     let l = live(&state, &id)?;
     let t = Duration::from_secs(req.timeout_s).min(super::MAX_TIMEOUT);
     l.deadline.send_replace(Instant::now() + t);
@@ -160,8 +172,9 @@ fn line(ev: &CommandEvent) -> Bytes {
 pub async fn run_command(
     AxState(state): S,
     Path(id): Path<String>,
-    Json(req): Json<api::RunCommand>,
+    req: Result<Json<api::RunCommand>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    let Json(req) = req?;
     let l = live(&state, &id)?;
     if req.cmd.is_empty() {
         return Err(ApiError(StatusCode::BAD_REQUEST, "cmd is empty".into()));
@@ -250,12 +263,28 @@ async fn stream_command(
         }
     };
     let run = l.client.run_process(&id, &exec_id, &spec, &io, true);
-    let (out, err, r) = tokio::join!(pump(StreamKind::Stdout), pump(StreamKind::Stderr), run);
-    let last = match (r, out.and(err)) {
-        (Ok(r), _) => CommandEvent::Exit {
+    let work = async { tokio::join!(pump(StreamKind::Stdout), pump(StreamKind::Stderr), run) };
+    // A client that goes away takes its command with it (a silent one would otherwise run
+    // on with nothing in the API able to reach it).
+    let (out, err, r) = tokio::select! {
+        done = work => done,
+        _ = tx.closed() => {
+            let _ = l.client.kill(&id, &exec_id, libc::SIGKILL as u32, false).await;
+            return;
+        }
+    };
+    if let Err(message) = out.and(err) {
+        let _ = tx
+            .send(Ok(line(&CommandEvent::Error {
+                message: format!("output stream: {message}"),
+            })))
+            .await;
+    }
+    let last = match r {
+        Ok(r) => CommandEvent::Exit {
             code: r.exit_status as i32,
         },
-        (Err(e), _) => CommandEvent::Error {
+        Err(e) => CommandEvent::Error {
             message: e.to_string(),
         },
     };

@@ -70,6 +70,8 @@ pub struct Live {
 }
 
 pub struct State {
+    /// Creates under way (each holds a [`Place`]).
+    starting: std::sync::atomic::AtomicUsize,
     pub root: StateRoot,
     pub backend: Arc<dyn Backend>,
     pub config: ServeConfig,
@@ -78,7 +80,32 @@ pub struct State {
     pub metrics: metrics::Metrics,
 }
 
+/// A place among `max_sandboxes`, held while a create runs.
+pub struct Place<'a>(&'a State);
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.0
+            .starting
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 impl State {
+    /// A place for one more sandbox, or the count that fills the server.
+    pub fn reserve(&self) -> Result<Place<'_>, usize> {
+        // Under the live map's lock: a create that finishes moves from `starting` to `live`
+        // while holding it too.
+        let live = self.live.lock().unwrap();
+        let n = live.len() + self.starting.load(std::sync::atomic::Ordering::SeqCst);
+        if n >= self.config.max_sandboxes {
+            return Err(n);
+        }
+        self.starting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Place(self))
+    }
+
     fn vm_spec(&self) -> VmSpec {
         VmSpec {
             network: self.backend.default_network(),
@@ -268,6 +295,7 @@ fn routes(state: Arc<State>) -> Router {
         )
         .route("/metrics", get(handlers::metrics))
         .route("/openapi.json", get(handlers::openapi))
+        .fallback(handlers::fallback)
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
         .with_state(state)
 }
@@ -300,6 +328,7 @@ pub async fn run(
         backend: Arc::from(backend),
         pools,
         live: Mutex::default(),
+        starting: Default::default(),
         metrics: metrics::Metrics::default(),
         config,
     });
