@@ -181,7 +181,7 @@ if [ -n "$podip" ] && [ "$ppage" = pod-page ] && [ -n "$gmac" ] && [ "$gmac" = "
 box serve --listen 127.0.0.1:7070 --pool "$IMG=2" >/tmp/e19s 2>&1 &
 spid=$!
 api() {
-  printf '%s %s HTTP/1.0\r\nHost: box\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %s\r\n\r\n%s' "$1" "$2" "$(cat $BOX_STATE_DIR/serve.token 2>/dev/null)" "${#3}" "$3" | nc 127.0.0.1 7070 2>/dev/null
+  printf '%s %s HTTP/1.0\r\nHost: box\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %s\r\n\r\n%s' "$1" "$2" "$(cat $BOX_STATE_DIR/serve.token 2>/dev/null)" "${#3}" "$3" | nc -w 60 127.0.0.1 7070 2>/dev/null
 }
 n=0; ready=0
 while [ $n -lt 600 ] && kill -0 $spid 2>/dev/null; do

@@ -83,7 +83,12 @@ pub async fn create_sandbox(
             format!("{n} sandboxes are running or starting, the most this server runs at once"),
         )
     })?;
-    let live = state.acquire(&req).await?;
+    // On a task of its own: a client that goes away mid-boot does not cut the boot short
+    // (the sandbox is made and handed to nobody, and expires at its timeout).
+    let st = state.clone();
+    let live = tokio::spawn(async move { st.acquire(&req).await })
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     let info = live.info.lock().unwrap().clone();
     Ok((StatusCode::CREATED, Json(info)))
 }

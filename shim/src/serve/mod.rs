@@ -32,6 +32,8 @@ use pool::{Pool, PoolConfig, Warm};
 
 /// What a sandbox's main container runs: nothing but staying alive for its commands.
 pub const KEEPER: &[&str] = &["sleep", "2147483647"];
+/// The names of this server's sandboxes start so.
+pub const SANDBOX_PREFIX: &str = "sbx-";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
@@ -138,7 +140,7 @@ impl State {
         opts.validate()?;
         let img = image::resolve(image_ref, &self.root.images_dir())?;
         let config = sandbox::run_config(&img, &opts)?;
-        let name = format!("sbx-{}", sandbox::random_hex(6));
+        let name = format!("{SANDBOX_PREFIX}{}", sandbox::random_hex(6));
         let mut sb = Sandbox::create_vm(
             &self.root,
             self.backend.as_ref(),
@@ -332,9 +334,11 @@ pub async fn run(
         metrics: metrics::Metrics::default(),
         config,
     });
-    for p in state.pools.values() {
-        tokio::spawn(p.clone().fill(state.clone()));
-    }
+    let fillers: Vec<_> = state
+        .pools
+        .values()
+        .map(|p| tokio::spawn(p.clone().fill(state.clone())))
+        .collect();
     let _ = std::fs::remove_file(&state.config.socket);
     if let Some(dir) = state.config.socket.parent() {
         std::fs::create_dir_all(dir).map_err(io(format!("{}", dir.display())))?;
@@ -348,7 +352,10 @@ pub async fn run(
     let app = routes(state.clone());
     let stop = shutdown_signal();
     tokio::pin!(stop);
-    let unix_server = std::future::IntoFuture::into_future(axum::serve(unix, app.clone()));
+    let unix_server = accept_loop(
+        || async { unix.accept().await.map(|(s, _)| s) },
+        app.clone(),
+    );
     let tcp_server = async {
         match (state.config.listen, token) {
             (Some(addr), Some(token)) => {
@@ -360,7 +367,7 @@ pub async fn run(
                     Arc::new(token),
                     auth::require_token,
                 ));
-                axum::serve(l, app)
+                accept_loop(|| async { l.accept().await.map(|(s, _)| s) }, app)
                     .await
                     .map_err(io(format!("serving {addr}")))
             }
@@ -373,6 +380,10 @@ pub async fn run(
         _ = &mut stop => Ok(()),
     };
     tracing::info!("shutting down: destroying sandboxes and warm VMs");
+    // No more boots; one cut short left its record, which the sweep below finds.
+    for f in &fillers {
+        f.abort();
+    }
     let names: Vec<String> = state.live.lock().unwrap().keys().cloned().collect();
     for n in names {
         state.destroy(&n).await;
@@ -382,8 +393,49 @@ pub async fn run(
             state.destroy_quietly(w.sandbox.name()).await;
         }
     }
+    // Every sandbox this server made is named `sbx-…`: whatever of them is left (a boot
+    // aborted mid-way, a create whose client went away) goes too.
+    if let Ok(records) = state.root.list() {
+        for r in records
+            .into_iter()
+            .filter(|r| r.name.starts_with(SANDBOX_PREFIX))
+        {
+            state.destroy_quietly(&r.name).await;
+        }
+    }
     let _ = std::fs::remove_file(&state.config.socket);
     r
+}
+
+/// Serves each accepted connection with hyper, HTTP/1 with half-closed connections kept: a
+/// client that shuts its write side after the request (`nc`, some proxies) still gets its
+/// answer instead of a request cancelled mid-way (axum::serve cannot be told so).
+async fn accept_loop<S, A, F>(mut accept: A, app: Router) -> std::io::Result<()>
+where
+    A: FnMut() -> F,
+    F: std::future::Future<Output = std::io::Result<S>>,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    loop {
+        let stream = match accept().await {
+            Ok(s) => s,
+            // Out of descriptors or a connection reset before accept: not the server's end.
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                tokio::task::yield_now().await;
+                continue;
+            }
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .half_close(true)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                tracing::debug!("connection: {e}");
+            }
+        });
+    }
 }
 
 async fn shutdown_signal() {
