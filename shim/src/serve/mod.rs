@@ -149,16 +149,25 @@ impl State {
             &self.vm_spec(),
         )
         .await?;
-        let rootfs =
-            Sandbox::prepare_rootfs(&self.root, self.backend.as_ref(), &img, &mut sb.record)
-                .map_err(|reason| SandboxError::SetupFailed {
-                    name: name.clone(),
-                    reason,
-                })?;
-        Ok(Warm {
-            sandbox: sb,
-            rootfs,
-        })
+        // The main container is created now, only its Start waits for the request: a taken
+        // VM is one Start away from serving.
+        let created = async {
+            let rootfs =
+                Sandbox::prepare_rootfs(&self.root, self.backend.as_ref(), &img, &mut sb.record)
+                    .map_err(|reason| SandboxError::SetupFailed {
+                        name: name.clone(),
+                        reason,
+                    })?;
+            sb.add_main_container(self.backend.as_ref(), &rootfs, &StdioRequest::default())
+                .await
+        }
+        .await;
+        if let Err(e) = created {
+            sandbox::mark_failed(&self.root, &name, &e.to_string());
+            self.destroy_quietly(&name).await;
+            return Err(e);
+        }
+        Ok(Warm { sandbox: sb })
     }
 
     /// A sandbox for the request: from the image's warm pool when it has one ready (and the
@@ -182,19 +191,12 @@ impl State {
             Some(w) => w,
             None => self.boot(&req.image, cpus, memory_mib, &req.env).await?,
         };
-        let Warm {
-            sandbox: mut sb,
-            rootfs,
-        } = warm;
+        let Warm { sandbox: mut sb } = warm;
         let name = sb.name().to_string();
+        // Commands get the request's environment over the image's (a pooled main was
+        // created before the request).
         let env = sandbox::merge_env(&[&sb.record.config.env, &req.env]);
-        sb.record.config.env = env.clone();
-        let started = async {
-            sb.add_main_container(self.backend.as_ref(), &rootfs, &StdioRequest::default())
-                .await?;
-            sb.start().await
-        }
-        .await;
+        let started = sb.start().await;
         if let Err(e) = started {
             sandbox::mark_failed(&self.root, &name, &e.to_string());
             self.destroy_quietly(&name).await;

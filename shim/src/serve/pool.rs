@@ -1,10 +1,9 @@
-//! Warm pools: per image, VMs booted ahead with guest-init ready, the image's root prepared
-//! and no container yet (the deferred main: the request's Create+Start is the VM's first).
+//! Warm pools: per image, VMs booted ahead with guest-init ready and their main container
+//! created but not started (the deferred main: the request's Start is its first and only).
 //! A pool refills in the background as sandboxes are taken; a pooled VM that does not answer
 //! its health check when taken is recorded Failed and never handed out.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,13 +11,11 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use super::State;
-use crate::agent_client::RootfsMount;
 use crate::sandbox::{self, Sandbox};
 
-/// A booted VM waiting for its main container, with the image's root prepared for it.
+/// A booted VM whose main container is created and waits for its Start.
 pub struct Warm {
     pub sandbox: Sandbox,
-    pub rootfs: (Option<PathBuf>, Vec<RootfsMount>),
 }
 
 /// What a pool keeps ready: `min_warm` VMs of `image` with the default size.
