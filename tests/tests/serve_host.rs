@@ -404,3 +404,51 @@ fn s2_tcp_needs_the_token() {
     // The unix socket's own permissions are its access control.
     assert_eq!(request(&s, "GET", "/v1/sandboxes", None).status, 200);
 }
+
+/// 50 creates at once against a pool of 5 and a limit of 20: exactly 20 sandboxes, every other
+/// answer a clean 429 (places are reserved before a boot, so concurrent creates never pass
+/// the limit), nothing else; deleting them all leaves no sandbox but the pool's.
+#[test]
+fn s3_concurrent_creates_respect_the_limit() {
+    require_host_tier!();
+    let env = BoxEnv::new();
+    let img = env.image().to_string();
+    let s = start(
+        &env,
+        &["--pool", &format!("{img}=5"), "--max-sandboxes", "20"],
+    );
+    wait_for("five warm sandboxes", || pool_ready(&s, &img) == Some(5));
+    let answers: Vec<(u16, Value)> = std::thread::scope(|scope| {
+        let hs: Vec<_> = (0..50)
+            .map(|_| {
+                scope.spawn(|| {
+                    let r = request(&s, "POST", "/v1/sandboxes", Some(&json!({"image": img})));
+                    (r.status, r.json())
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let created: Vec<&Value> = answers
+        .iter()
+        .filter(|(st, _)| *st == 201)
+        .map(|(_, v)| v)
+        .collect();
+    let full = answers.iter().filter(|(st, _)| *st == 429).count();
+    let other: Vec<_> = answers
+        .iter()
+        .filter(|(st, _)| ![201, 429].contains(st))
+        .collect();
+    assert!(other.is_empty(), "{other:?}");
+    assert_eq!((created.len(), full), (20, 30));
+    assert!(created.iter().filter(|v| v["from_pool"] == true).count() >= 5);
+    for v in &created {
+        let id = v["id"].as_str().unwrap();
+        assert_eq!(
+            request(&s, "DELETE", &format!("/v1/sandboxes/{id}"), None).status,
+            204
+        );
+        assert!(!env.sandbox_dir(id).exists());
+    }
+    assert_eq!(request(&s, "GET", "/v1/sandboxes", None).json(), json!([]));
+}
