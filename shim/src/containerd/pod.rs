@@ -164,7 +164,8 @@ impl Pod {
         Some((t, p))
     }
 
-    /// The process with this guest pid's exit goes to: the one TaskExit names.
+    /// The process a TaskExit names: `id` is the container's own id for its main process,
+    /// else the exec's.
     pub fn find(&self, container_id: &str, id: &str) -> Option<Arc<Proc>> {
         let t = self.task(container_id)?;
         let exec_id = if id == container_id { "" } else { id };

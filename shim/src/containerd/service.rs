@@ -448,17 +448,7 @@ impl Inner {
     async fn end_vm(&self) {
         let vm = self.pod.vm.lock().await.take();
         if let Some(vm) = vm {
-            let name = vm.sandbox.name().to_string();
-            if let Err(e) = sandbox::stop(&self.root, &name, STOP_GRACE).await {
-                tracing::warn!("{name}: stop: {e}");
-            }
-            // Removing kills and waits for what is left: off the runtime.
-            let root = self.root.clone();
-            let removed =
-                tokio::task::spawn_blocking(move || sandbox::remove(&root, &name, true)).await;
-            if let Ok(Err(e)) = removed {
-                tracing::warn!("{}: remove: {e}", vm.sandbox.name());
-            }
+            sandbox::destroy(&self.root, vm.sandbox.name(), STOP_GRACE).await;
         }
     }
 }

@@ -963,6 +963,21 @@ pub async fn stop(root: &StateRoot, name: &str, grace: Duration) -> Result<Recor
     }
 }
 
+/// Ends a sandbox for good from async code (a pod's VM, a pooled sandbox): [`stop`] with
+/// `grace`, then [`remove`] (which kills and waits for what is left) off the runtime. Failures
+/// are logged: the sandbox is being thrown away either way.
+pub async fn destroy(root: &StateRoot, name: &str, grace: Duration) {
+    if let Err(e) = stop(root, name, grace).await {
+        tracing::warn!("{name}: stop: {e}");
+    }
+    let (r, n) = (root.clone(), name.to_string());
+    match tokio::task::spawn_blocking(move || remove(&r, &n, true)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("{name}: remove: {e}"),
+        Err(e) => tracing::warn!("{name}: remove: {e}"),
+    }
+}
+
 /// Removes a sandbox's record and files. A running one needs `force`; its processes are
 /// killed first (SIGKILL) and waited for.
 pub fn remove(root: &StateRoot, name: &str, force: bool) -> Result<(), SandboxError> {

@@ -185,24 +185,23 @@ pub async fn run_command(
         return Err(ApiError(StatusCode::BAD_REQUEST, "cmd is empty".into()));
     }
     sandbox::validate_env(&req.env)?;
-    let (user, cwd) = {
-        let sb = l.sandbox.lock().await;
-        (sb.record.config.user.clone(), sb.record.config.cwd.clone())
-    };
+    let config = &l.sandbox.record.config;
+    let (user, cwd) = (&config.user, &config.cwd);
     let env = sandbox::merge_env(&[&l.env, &req.env]);
     let spec = sandbox::process_spec(
         &req.cmd,
         &env,
-        req.cwd.as_deref().unwrap_or(&cwd),
+        req.cwd.as_deref().unwrap_or(cwd),
         false,
-        &user,
+        user,
     );
     let exec_id = format!("cmd-{}", sandbox::random_hex(6));
     if req.background {
         let r = l
+            .sandbox
             .client
             .run_process(
-                &l.container_id,
+                l.sandbox.container_id(),
                 &exec_id,
                 &spec,
                 &StdioRequest::default(),
@@ -237,9 +236,14 @@ async fn stream_command(
         stderr: true,
         ..Default::default()
     };
-    let id = l.container_id.clone();
+    let id = l.sandbox.container_id().to_string();
     let pump = |kind: StreamKind| {
-        let (client, id, exec_id, tx) = (l.client.clone(), id.clone(), exec_id.clone(), tx.clone());
+        let (client, id, exec_id, tx) = (
+            l.sandbox.client.clone(),
+            id.clone(),
+            exec_id.clone(),
+            tx.clone(),
+        );
         async move {
             let mut s = match client.open_stream(&id, &exec_id, kind).await {
                 Ok(s) => s,
@@ -267,14 +271,17 @@ async fn stream_command(
             }
         }
     };
-    let run = l.client.run_process(&id, &exec_id, &spec, &io, true);
+    let run = l
+        .sandbox
+        .client
+        .run_process(&id, &exec_id, &spec, &io, true);
     let work = async { tokio::join!(pump(StreamKind::Stdout), pump(StreamKind::Stderr), run) };
     // A client that goes away takes its command with it (a silent one would otherwise run
     // on with nothing in the API able to reach it).
     let (out, err, r) = tokio::select! {
         done = work => done,
         _ = tx.closed() => {
-            let _ = l.client.kill(&id, &exec_id, libc::SIGKILL as u32, false).await;
+            let _ = l.sandbox.client.kill(&id, &exec_id, libc::SIGKILL as u32, false).await;
             return;
         }
     };
@@ -341,8 +348,9 @@ pub async fn kill_command(
     }
     // A command that already exited is killed successfully.
     let _ = l
+        .sandbox
         .client
-        .kill(&l.container_id, &cmd, libc::SIGKILL as u32, false)
+        .kill(l.sandbox.container_id(), &cmd, libc::SIGKILL as u32, false)
         .await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -23,7 +23,6 @@ use axum::Router;
 use tokio::sync::watch;
 
 use crate::agent_client::StdioRequest;
-use crate::network::NetworkMode;
 use crate::sandbox::backend::Backend;
 use crate::sandbox::state::{now, StateRoot};
 use crate::sandbox::{self, CreateOptions, Sandbox, SandboxError, VmSpec};
@@ -60,9 +59,8 @@ pub struct ServeConfig {
 
 /// A sandbox handed out.
 pub struct Live {
-    pub sandbox: tokio::sync::Mutex<Sandbox>,
-    pub client: crate::agent_client::GuestClient,
-    pub container_id: String,
+    /// Not changed once handed out: its client and container id serve every command.
+    pub sandbox: Sandbox,
     pub info: Mutex<api::SandboxInfo>,
     pub env: Vec<String>,
     /// The deadline moves with a timeout extension; the expiry task follows it.
@@ -219,9 +217,7 @@ impl State {
             from_pool,
         };
         let live = Arc::new(Live {
-            client: sb.client.clone(),
-            container_id: sb.container_id().to_string(),
-            sandbox: tokio::sync::Mutex::new(sb),
+            sandbox: sb,
             info: Mutex::new(info),
             env,
             deadline: watch::channel(Instant::now() + timeout).0,
@@ -266,15 +262,7 @@ impl State {
     }
 
     async fn destroy_quietly(&self, name: &str) {
-        if let Err(e) = sandbox::stop(&self.root, name, Duration::from_secs(2)).await {
-            tracing::warn!("{name}: stop: {e}");
-        }
-        let (root, n) = (self.root.clone(), name.to_string());
-        match tokio::task::spawn_blocking(move || sandbox::remove(&root, &n, true)).await {
-            Ok(Err(e)) => tracing::warn!("{name}: remove: {e}"),
-            Err(e) => tracing::warn!("{name}: remove: {e}"),
-            Ok(Ok(())) => {}
-        }
+        sandbox::destroy(&self.root, name, Duration::from_secs(2)).await;
     }
 }
 
@@ -312,9 +300,6 @@ pub async fn run(
     root: StateRoot,
 ) -> Result<(), ServeError> {
     let io = |what: String| move |source| ServeError::Io { what, source };
-    if NetworkMode::Nat == backend.default_network() {
-        tracing::info!("sandboxes get the nat network");
-    }
     let pools = config
         .pools
         .iter()
